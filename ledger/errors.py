@@ -1,0 +1,118 @@
+"""The ledger's error vocabulary.
+
+Every error that input from outside can cause is one of these classes, each
+with a stable UPPER_SNAKE ``code``. The API maps ``code`` to its JSON error,
+metrics count rejections by it, and tests assert on the class, never on a
+message. Messages never contain patient data: they name fields, sizes and
+hex prefixes of hashes only.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every typed ledger error; ``code`` is stable API surface."""
+
+    code: str = "LEDGER_ERROR"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+# --- decoding (phase: bytes -> structure) ---------------------------------------
+
+
+class DecodeError(LedgerError):
+    """Bytes that are not a valid encoding of the expected structure."""
+
+    code = "MALFORMED"
+
+
+class NonCanonicalError(DecodeError):
+    """Bytes that decode, but are not the one canonical encoding of the value."""
+
+    code = "NON_CANONICAL"
+
+
+class TooLargeError(DecodeError):
+    """Input over the configured size limit; rejected before decoding."""
+
+    code = "TOO_LARGE"
+
+
+# --- stateless checks (phase: structure alone) -----------------------------------
+
+
+class InvalidTxError(LedgerError):
+    """A structurally valid tx that breaks a stateless rule."""
+
+    code = "INVALID_TX"
+
+
+class WrongChainError(InvalidTxError):
+    code = "WRONG_CHAIN"
+
+
+class BadSignatureError(InvalidTxError):
+    code = "BAD_SIGNATURE"
+
+
+class BlobMismatchError(InvalidTxError):
+    """The sidecar blob does not hash to what the signed tx commits to."""
+
+    code = "BLOB_MISMATCH"
+
+
+class BlobMissingError(InvalidTxError):
+    code = "BLOB_MISSING"
+
+
+# --- stateful checks (phase: tx against current state) ---------------------------
+
+
+class StateRuleError(LedgerError):
+    """A tx that is well formed but not allowed by the current state."""
+
+    code = "RULE_VIOLATION"
+
+
+class UnknownSenderError(StateRuleError):
+    code = "UNKNOWN_SENDER"
+
+
+class BadNonceError(StateRuleError):
+    code = "BAD_NONCE"
+
+
+class UnauthorizedError(StateRuleError):
+    code = "UNAUTHORIZED"
+
+
+class AlreadyExistsError(StateRuleError):
+    code = "ALREADY_EXISTS"
+
+
+class NotFoundError(StateRuleError):
+    code = "NOT_FOUND"
+
+
+class ConsentDeniedError(StateRuleError):
+    code = "CONSENT_DENIED"
+
+
+class ErasedError(StateRuleError):
+    code = "ERASED"
+
+
+# --- integrity of what we stored ourselves ---------------------------------------
+
+
+class CorruptionError(LedgerError):
+    """Stored bytes failed their checksum or could not be decoded.
+
+    This is never the peer's fault: it means the local disk lied. It must stop
+    the node with a clear message rather than be served as data.
+    """
+
+    code = "CORRUPTION"
