@@ -85,6 +85,18 @@ class BadNonceError(StateRuleError):
     code = "BAD_NONCE"
 
 
+class NonceReplayError(BadNonceError):
+    """The sender already used this nonce: a replay."""
+
+    code = "NONCE_REPLAYED"
+
+
+class NonceGapError(BadNonceError):
+    """The nonce skips ahead of the sender's next expected nonce."""
+
+    code = "NONCE_GAP"
+
+
 class UnauthorizedError(StateRuleError):
     code = "UNAUTHORIZED"
 
@@ -103,6 +115,12 @@ class ConsentDeniedError(StateRuleError):
 
 class ErasedError(StateRuleError):
     code = "ERASED"
+
+
+class NotSupportedError(StateRuleError):
+    """A reserved tx type (validator-set change) that no node executes yet."""
+
+    code = "NOT_SUPPORTED"
 
 
 # --- integrity of what we stored ourselves ---------------------------------------

@@ -48,6 +48,9 @@ class AnchorRecord(Record, tag=4):
     """Anchors an encrypted record: the blob holds ciphertext and key wraps.
 
     Sent by the custodian organisation or one of its clinicians.
+    ``readers`` lists (sorted, unique) every identity the blob carries a key
+    wrap for; it is in the body because apply must never read blobs (they can
+    be erased, and replaying the chain must still give the same state).
     ``supersedes`` names the record this one amends (both stay auditable).
     """
 
@@ -56,6 +59,7 @@ class AnchorRecord(Record, tag=4):
     category: str
     custodian: bytes
     blob_hash: bytes
+    readers: list[bytes]
     supersedes: bytes | None = None
 
 
