@@ -19,7 +19,7 @@ from ledger.hashing import H_BLOCK, tagged_hash
 from ledger.tx import Tx
 
 
-class BlockHeader(Record):
+class BlockHeader(Record, frozen=True):
     chain_id: str
     height: int
     time_ms: int  # proposer's clock, bounded by validators; the only time apply sees
@@ -32,7 +32,7 @@ class BlockHeader(Record):
         return tagged_hash(H_BLOCK, codec.encode(self))
 
 
-class Block(Record):
+class Block(Record, frozen=True):
     header: BlockHeader
     txs: list[Tx]
 

@@ -20,21 +20,21 @@ from ledger.hashing import H_TX, SIGN_TX, tagged_hash
 from ledger.keys import KeyPair
 
 
-class RegisterOrganization(Record, tag=1):
+class RegisterOrganization(Record, frozen=True, tag=1):
     """A hospital. Valid only in genesis (height 0); ``org`` is its public key."""
 
     org: bytes
     name: str
 
 
-class RegisterClinician(Record, tag=2):
+class RegisterClinician(Record, frozen=True, tag=2):
     """Signed by the organisation (``sender``) that employs the clinician."""
 
     clinician: bytes
     display_name: str
 
 
-class RegisterPatient(Record, tag=3):
+class RegisterPatient(Record, frozen=True, tag=3):
     """Signed by the registering organisation; ``patient`` is the patient's own key.
 
     Nothing identifying the patient is on chain: demographics live only in
@@ -44,7 +44,7 @@ class RegisterPatient(Record, tag=3):
     patient: bytes
 
 
-class AnchorRecord(Record, tag=4):
+class AnchorRecord(Record, frozen=True, tag=4):
     """Anchors an encrypted record: the blob holds ciphertext and key wraps.
 
     Sent by the custodian organisation or one of its clinicians.
@@ -63,7 +63,7 @@ class AnchorRecord(Record, tag=4):
     supersedes: bytes | None = None
 
 
-class GrantConsent(Record, tag=5):
+class GrantConsent(Record, frozen=True, tag=5):
     """Patient-signed consent rule.
 
     Scope: the grant covers a record if its category is in ``categories`` or
@@ -81,13 +81,13 @@ class GrantConsent(Record, tag=5):
     emergency_allowed: bool
 
 
-class RevokeConsent(Record, tag=6):
+class RevokeConsent(Record, frozen=True, tag=6):
     """Patient-signed; effective from the block that commits it."""
 
     consent_id: bytes
 
 
-class RecordAccess(Record, tag=7):
+class RecordAccess(Record, frozen=True, tag=7):
     """The audit entry of a read, signed by the reader (``sender``).
 
     Exactly one of ``consent_id`` (normal access) and ``emergency_reason``
@@ -102,7 +102,7 @@ class RecordAccess(Record, tag=7):
     emergency_reason: str | None = None
 
 
-class KeyRelease(Record, tag=8):
+class KeyRelease(Record, frozen=True, tag=8):
     """The custodian re-wraps a record key for ``reader``; the wrap is a blob."""
 
     record_id: bytes
@@ -110,13 +110,13 @@ class KeyRelease(Record, tag=8):
     wrap_blob_hash: bytes
 
 
-class EraseRecord(Record, tag=9):
+class EraseRecord(Record, frozen=True, tag=9):
     """Patient-signed crypto-shredding of a record and the versions it supersedes."""
 
     record_id: bytes
 
 
-class ValidatorSetChange(Record, tag=10):
+class ValidatorSetChange(Record, frozen=True, tag=10):
     """Reserved for membership changes; every node rejects it for now."""
 
     add: list[bytes]
@@ -150,14 +150,14 @@ BODY_TYPES: tuple[type[Record], ...] = (
 )
 
 
-class UnsignedTx(Record):
+class UnsignedTx(Record, frozen=True):
     chain_id: str
     sender: bytes
     nonce: int
     body: Body
 
 
-class Tx(Record):
+class Tx(Record, frozen=True):
     chain_id: str
     sender: bytes
     nonce: int
