@@ -24,6 +24,7 @@ class BlockHeader(Record, frozen=True):
     height: int
     time_ms: int  # proposer's clock, bounded by validators; the only time apply sees
     parent_hash: bytes
+    tx_count: int  # certified, so an inclusion proof's tree size cannot be misstated
     tx_root: bytes
     state_root: bytes  # state after block ``height - window``
     proposer: bytes

@@ -53,7 +53,8 @@ def decode(data: bytes, type_: type[T], *, max_size: int | None = None) -> T:
         raise TooLargeError(f"{len(data)} bytes exceeds limit of {max_size}")
     try:
         value = _decoder(type_).decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        # msgspec raises a bare UnicodeDecodeError for a str that is not UTF-8.
         raise DecodeError(f"not a valid {getattr(type_, '__name__', type_)}: {exc}") from None
     if _encoder.encode(value) != data:
         raise NonCanonicalError(f"non-canonical encoding of {getattr(type_, '__name__', type_)}")

@@ -68,6 +68,24 @@ class BlobMissingError(InvalidTxError):
     code = "BLOB_MISSING"
 
 
+class BlobReadersError(BlobMismatchError):
+    """The blob's key wraps are not exactly the readers the signed body lists."""
+
+    code = "BLOB_READERS_MISMATCH"
+
+
+class BlobRecordError(BlobMismatchError):
+    """The blob names a different record than the signed body."""
+
+    code = "BLOB_RECORD_MISMATCH"
+
+
+class InvalidBlobError(DecodeError):
+    """A blob that decodes but breaks a structural rule (sizes, wrap order)."""
+
+    code = "INVALID_BLOB"
+
+
 # --- stateful checks (phase: tx against current state) ---------------------------
 
 
@@ -134,3 +152,73 @@ class CorruptionError(LedgerError):
     """
 
     code = "CORRUPTION"
+
+
+# --- client-side envelope crypto (never seen by apply) ----------------------------
+
+
+class EnvelopeError(LedgerError):
+    """Encrypting, wrapping, unwrapping or decrypting a record failed.
+
+    Messages name sizes and public-key prefixes only, never keys or plaintext.
+    """
+
+    code = "ENVELOPE_ERROR"
+
+
+class DecryptionError(EnvelopeError):
+    """A ciphertext or key wrap did not authenticate (wrong key, record id or tampering)."""
+
+    code = "DECRYPTION_FAILED"
+
+
+class InvalidKeyError(EnvelopeError):
+    """A public key that is not a usable ed25519 point, or a key of the wrong size."""
+
+    code = "INVALID_KEY"
+
+
+# --- local storage (helper B; never the peer's fault) -----------------------------
+
+
+class InvalidBundleError(LedgerError):
+    """Storage refused a commit bundle (wrong height, malformed field); nothing was written.
+
+    A bug in the caller, not bad input from a peer: the node must not carry on
+    as if the height were committed.
+    """
+
+    code = "INVALID_BUNDLE"
+
+
+class StoreVersionError(LedgerError):
+    """The store on disk was written with a schema version this code does not read."""
+
+    code = "STORE_VERSION"
+
+
+class StoreUnavailableError(LedgerError):
+    """The store could not be opened (locked by another process, missing, unreadable)."""
+
+    code = "STORE_UNAVAILABLE"
+
+
+# --- state machine extras (helper A) ----------------------------------------------
+
+
+class AlreadyRevokedError(StateRuleError):
+    """A revocation of a consent that is already revoked."""
+
+    code = "ALREADY_REVOKED"
+
+
+class LimitExceededError(StateRuleError):
+    """A tx that would grow a state entry past its bound (e.g. readers of a record)."""
+
+    code = "LIMIT_EXCEEDED"
+
+
+class InvalidGenesisError(LedgerError):
+    """A genesis document that breaks a structural rule; the node must not start."""
+
+    code = "INVALID_GENESIS"

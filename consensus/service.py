@@ -1,0 +1,209 @@
+"""The Trio service that owns one PBFT replica and performs its effects.
+
+One task owns the :class:`consensus.core.Replica`: every input (a message from
+the transport, a timer expiry, "the mempool has work") goes through one
+bounded channel and is handled to completion, effects in order, before the
+next. That single owner is why the core needs no locks, and the order of
+effects is what makes the WAL meaningful: own votes are appended on
+:class:`~consensus.core.Persist` and fsynced (in a worker thread) before the
+first send that follows.
+
+Start it with ``await nursery.start(service.run)``; it returns once the replica
+has started (timers armed, WAL replayed). Cancel the nursery to stop it; a
+stopped service leaves the WAL consistent because every send was preceded by
+its sync. Blocking work (fsync, application commit) runs in worker threads.
+
+Backpressure: :meth:`ConsensusService.deliver_nowait` drops (and counts) a
+message when the input channel is full -- a flood of peer messages can slow
+this node down but never grow its memory. The transport's ``send_to`` and
+``broadcast`` must not block for long (they should enqueue per peer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from consensus.app import Application
+from consensus.core import (
+    Broadcast,
+    CancelTimer,
+    CommitBlock,
+    Effect,
+    Evidence,
+    Persist,
+    Replica,
+    ReplicaStatistics,
+    RewriteWAL,
+    SendTo,
+    StartTimer,
+    TimerKind,
+)
+from consensus.wal import WalStore
+from ledger import codec
+
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
+
+
+class Transport(Protocol):
+    """Point-to-point and all-validators delivery of encoded envelopes."""
+
+    async def send_to(self, peer: bytes, data: bytes) -> None: ...
+
+    async def broadcast(self, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatistics:
+    replica: ReplicaStatistics
+    inputs_dropped: int
+    evidence: int
+    wal_syncs: int
+
+
+class _Wake:
+    """Channel item that only wakes the loop (pending work flagged elsewhere)."""
+
+
+_WAKE = _Wake()
+
+
+class ConsensusService:
+    """Drives one replica from a Trio task. See the module docstring."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        app: Application,
+        wal: WalStore,
+        transport: Transport,
+        *,
+        input_capacity: int = 1024,
+        threads: bool = True,
+        on_evidence: Callable[[Evidence], None] | None = None,
+        on_commit: Callable[[CommitBlock], None] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.app = app
+        self.wal = wal
+        self.transport = transport
+        self._send, self._recv = trio.open_memory_channel[bytes | _Wake](input_capacity)
+        self._threads = threads
+        self._on_evidence = on_evidence
+        self._on_commit = on_commit
+        self._timers: dict[TimerKind, tuple[float, int]] = {}
+        self._pending = False
+        self._dirty = False
+        self._dropped = 0
+        self._evidence = 0
+        self._syncs = 0
+        self.executed_height = replica.committed
+        self.committed = trio.Event()  # replaced on every commit; see wait_committed
+
+    # ------------------------------------------------------------------ inputs
+
+    def deliver_nowait(self, data: bytes) -> bool:
+        """Queue a message from a peer; False (and counted) if the input queue is full."""
+        try:
+            self._send.send_nowait(data)
+        except trio.WouldBlock:
+            self._dropped += 1
+            return False
+        return True
+
+    async def deliver(self, data: bytes) -> None:
+        await self._send.send(data)
+
+    def notify_pending(self) -> None:
+        """The mempool has work; coalesced, never blocks."""
+        self._pending = True
+        with contextlib.suppress(trio.WouldBlock):  # busy loop: it will see the flag
+            self._send.send_nowait(_WAKE)
+
+    async def wait_committed(self, height: int) -> None:
+        """Return once the application has executed ``height``."""
+        while self.executed_height < height:
+            await self.committed.wait()
+
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(
+            self.replica.statistics(), self._dropped, self._evidence, self._syncs
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._apply(self.replica.start())
+        task_status.started()
+        while True:
+            deadline = min((d for d, _ in self._timers.values()), default=math.inf)
+            item: bytes | _Wake | None = None
+            # Only the wait is bounded by the next timer: cancelling _apply half-way
+            # would lose effects (a commit, a WAL sync) the core believes happened.
+            with trio.move_on_at(deadline):
+                item = await self._recv.receive()
+            if isinstance(item, bytes):
+                await self._apply(self.replica.receive(item))
+            if self._pending:
+                self._pending = False
+                await self._apply(self.replica.notify_pending())
+            now = trio.current_time()
+            for kind, (due, token) in sorted(self._timers.items(), key=lambda kv: kv[1][0]):
+                if due <= now and self._timers.get(kind) == (due, token):
+                    del self._timers[kind]
+                    await self._apply(self.replica.timeout(kind, token))
+
+    async def _run_sync(self, fn: Callable[[], object]) -> object:
+        if self._threads:
+            return await trio.to_thread.run_sync(fn)
+        return fn()
+
+    async def _sync_wal(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self._syncs += 1
+            await self._run_sync(self.wal.sync)
+
+    async def _apply(self, effects: list[Effect]) -> None:
+        todo = deque(effects)
+        while todo:
+            e = todo.popleft()
+            if isinstance(e, Persist):
+                self.wal.append(e.record)
+                self._dirty = True
+            elif isinstance(e, RewriteWAL):
+                self._dirty = False
+                await self._run_sync(partial(self.wal.rewrite, e.records))
+            elif isinstance(e, Broadcast):
+                await self._sync_wal()
+                await self.transport.broadcast(e.data)
+            elif isinstance(e, SendTo):
+                await self._sync_wal()
+                await self.transport.send_to(e.peer, e.data)
+            elif isinstance(e, CommitBlock):
+                cert = codec.encode(e.certificate)
+                state = await self._run_sync(partial(self.app.commit, e.height, e.block, cert))
+                assert isinstance(state, bytes)
+                # executed() must follow the commit before any other input
+                todo.extend(self.replica.executed(e.height, state))
+                self.executed_height = e.height
+                if self._on_commit is not None:
+                    self._on_commit(e)
+                event, self.committed = self.committed, trio.Event()
+                event.set()
+            elif isinstance(e, StartTimer):
+                self._timers[e.kind] = (trio.current_time() + e.duration_ms / 1000, e.token)
+            elif isinstance(e, CancelTimer):
+                self._timers.pop(e.kind, None)
+            elif isinstance(e, Evidence):
+                self._evidence += 1
+                if self._on_evidence is not None:
+                    self._on_evidence(e)

@@ -1,0 +1,457 @@
+"""One hospital's node: every subsystem built from the config and run together.
+
+Ownership (one owner per piece of state):
+
+* the consensus service task owns the PBFT replica and drives the
+  :class:`~node.ledger_app.LedgerApplication`, which alone writes the store;
+* the mempool belongs to the Trio thread (API handlers and the gossip pump add
+  to it; :meth:`LedgerApplication.after_commit` updates it);
+* the transport owns libp2p; two pump tasks move what it receives into the
+  consensus input channel and the mempool.
+
+Shutdown (SIGTERM / SIGINT): the API stops accepting, the nursery is
+cancelled; a block commit that is running in its worker thread is not
+abandoned (Trio waits for it), so LevelDB closes after a whole height. The WAL
+needs no flush: every vote was synced before it was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus.core import ConsensusConfig as CoreConfig
+from consensus.core import Evidence, Replica
+from consensus.service import ConsensusService
+from consensus.validators import ValidatorSet
+from consensus.wal import FileWAL
+from ledger import codec
+from ledger.apply import ApplyContext
+from ledger.block import Block
+from ledger.errors import LedgerError, NotFoundError
+from ledger.genesis import (
+    ConsensusParams,
+    Genesis,
+    GenesisOrg,
+    Policy,
+    genesis_hash,
+    validate_genesis,
+)
+from ledger.keys import KeyPair
+from ledger.merkle import prove
+from ledger.results import decode_results
+from ledger.tx import Tx, tx_hash
+from ledger.validate import SigCache
+from node.api.app import ApiSettings, create_app
+from node.api.facade import BlockView, NodeStatus, NotReadyError, TxStatus
+from node.api.server import ServerSettings, serve_api
+from node.config import Config
+from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
+from node.keyfile import load_key_file
+from node.ledger_app import CommitInfo, LedgerApplication, open_chain
+from node.mempool import LedgerTxChecker, Mempool, MempoolSettings
+from node.metrics import NodeMetrics
+from node.p2p import Transport
+from storage.store import Store, open_leveldb, open_memory
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    """The proposer's block time and signed-read freshness: the only wall clock used."""
+    return time.time_ns() // 1_000_000
+
+
+class _ConsensusTransport:
+    """The consensus service's async ``Transport`` over the p2p layer's queues.
+
+    The p2p layer enqueues per peer and never blocks; a full queue drops the
+    message and counts it there (PBFT's retransmission and view change cover
+    a lost message), so these coroutines return at once.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def send_to(self, peer: bytes, data: bytes) -> None:
+        self._t.send_to(peer, data)
+
+    async def broadcast(self, data: bytes) -> None:
+        self._t.broadcast(data)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeParts:
+    """Everything a running node is made of (for tests and the facade)."""
+
+    config: Config
+    key: KeyPair
+    doc: GenesisDoc
+    genesis: Genesis
+    store: Store
+    metrics: NodeMetrics
+    mempool: Mempool
+    app: LedgerApplication
+    transport: Transport
+    service: ConsensusService
+
+
+def core_config(config: Config, genesis: Genesis) -> CoreConfig:
+    """Consensus knobs: shared ones from genesis, local timing from the config."""
+    c = config.consensus
+    return CoreConfig(
+        window=genesis.params.window,
+        checkpoint_interval=genesis.params.checkpoint_interval,
+        progress_timeout_ms=int(c.timeout_base_s * 1000),
+        view_change_timeout_ms=int(c.timeout_base_s * 1000),
+        max_timeout_ms=int(c.timeout_cap_s * 1000),
+    )
+
+
+class Node:
+    """Build with :meth:`open` (synchronous, may raise typed errors), then ``run``."""
+
+    def __init__(self, parts: NodeParts) -> None:
+        self.parts = parts
+        self._ready_height = 0
+        self._last_commit_at: float | None = None
+
+    # -- construction ------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, config: Config, *, doc: GenesisDoc | None = None, key: KeyPair | None = None
+    ) -> Node:
+        """Load what ``config`` names (or use the given genesis/key) and assemble the node."""
+        key = key if key is not None else load_key_file(config.node.key_file)
+        doc = doc if doc is not None else load_genesis(config.node.genesis_file)
+        check_consensus_matches(config, doc)
+        genesis = ledger_genesis(doc)
+        if key.public_key not in genesis.validators:
+            raise LedgerError("this node's key is not a validator in the genesis file")
+        if config.storage.backend == "memory":
+            store = open_memory()
+        else:
+            config.node.data_dir.mkdir(parents=True, exist_ok=True)
+            store = open_leveldb(config.node.data_dir / "ledger", sync=config.storage.sync)
+        try:
+            return cls._assemble(config, key, doc, genesis, store)
+        except BaseException:
+            store.close()
+            raise
+
+    @classmethod
+    def _assemble(
+        cls, config: Config, key: KeyPair, doc: GenesisDoc, genesis: Genesis, store: Store
+    ) -> Node:
+        open_chain(store, genesis)
+        metrics = NodeMetrics()
+        ctx = ApplyContext.from_genesis(genesis, SigCache())
+        height = store.latest_height() or 0
+        last_time = _block_time(store, height, genesis)
+        m = config.mempool
+        mempool = Mempool(
+            LedgerTxChecker(store, ctx, time_ms=last_time),
+            MempoolSettings(
+                max_txs=m.max_txs,
+                max_bytes=m.max_bytes,
+                recheck_budget_s=m.recheck_budget_s,
+                gossip_batch_bytes=config.p2p.gossip_batch_bytes,
+                gossip_batch_interval_s=config.p2p.gossip_batch_interval_s,
+            ),
+            metrics=metrics,
+            height=height,
+        )
+        node_ref: list[Node] = []
+
+        def on_commit(info: CommitInfo) -> None:
+            node_ref[0]._committed(info)
+
+        app = LedgerApplication(
+            store=store,
+            genesis=genesis,
+            key=key,
+            mempool=mempool,
+            ctx=ctx,
+            clock_ms=wall_clock_ms,
+            on_commit=on_commit,
+        )
+        validators = ValidatorSet(genesis.chain_id, genesis.validators)
+        wal = FileWAL(config.node.data_dir / "consensus.wal")
+        replica = Replica(
+            core_config(config, genesis),
+            key,
+            validators,
+            app,
+            genesis_digest=genesis_hash(genesis),
+            committed_height=height,
+            committed_digest=store.get_block_hash(height),
+            wal_records=wal.records(),
+        )
+        transport = Transport(
+            config.p2p,
+            key,
+            {v.public_key: v.p2p_address for v in doc.validators},
+            chain_id=genesis.chain_id,
+            private_network_key=doc.private_network_key,
+        )
+        service = ConsensusService(
+            replica,
+            app,
+            wal,
+            _ConsensusTransport(transport),
+            on_commit=lambda _commit: _drain(app),
+            on_evidence=lambda e: node_ref[0]._evidence(e),
+        )
+        node = cls(
+            NodeParts(config, key, doc, genesis, store, metrics, mempool, app, transport, service)
+        )
+        node_ref.append(node)
+        return node
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled or signalled; ``task_status`` gets the API's bound URLs."""
+        p = self.parts
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(p.transport.run)
+                await nursery.start(p.service.run)
+                nursery.start_soon(self._pump_consensus)
+                nursery.start_soon(self._pump_batches)
+                await nursery.start(p.mempool.run_gossip, p.transport.publish_batch)
+                nursery.start_soon(self._refresh_gauges)
+                api = create_app(
+                    NodeFacadeImpl(self),
+                    ApiSettings(
+                        max_body_bytes=p.config.api.max_body_bytes,
+                        signed_read_max_age_s=p.config.api.signed_read_max_age_s,
+                    ),
+                    metrics=p.metrics,
+                )
+                listen = p.config.api.listen
+                urls = await nursery.start(
+                    serve_api, api, ServerSettings(host=listen.host, port=listen.port)
+                )
+                log.info(
+                    "node started: validator %s, height %d, api %s",
+                    p.key.public_key.hex()[:16],
+                    p.store.latest_height() or 0,
+                    ",".join(urls),
+                )
+                task_status.started(urls)
+                await self._wait_for_signal()
+                log.info("shutting down")
+                nursery.cancel_scope.cancel()
+        finally:
+            height = p.store.latest_height()
+            p.store.close()
+            log.info("stopped cleanly at height %s", height)
+
+    async def _wait_for_signal(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                return
+
+    async def _pump_consensus(self) -> None:
+        p = self.parts
+        async for _peer, data in p.transport.messages:
+            if not p.service.deliver_nowait(data):
+                p.metrics.messages_dropped.labels("consensus_input_full").inc()
+
+    async def _pump_batches(self) -> None:
+        p = self.parts
+        async for _origin, data in p.transport.batches:
+            try:
+                outcome = await p.mempool.add_batch(data)
+            except LedgerError as exc:
+                p.metrics.messages_dropped.labels(exc.code.lower()).inc()
+                continue
+            if outcome.accepted:
+                p.service.notify_pending()
+
+    async def _refresh_gauges(self) -> None:
+        p = self.parts
+        while True:
+            p.metrics.view.set(p.service.replica.view)
+            p.metrics.peers.set(len(p.transport.connected_peers()))
+            await trio.sleep(1.0)
+
+    # -- events ------------------------------------------------------------------
+
+    def _committed(self, info: CommitInfo) -> None:
+        m = self.parts.metrics
+        now = time.monotonic()
+        if self._last_commit_at is not None:
+            m.block_interval.observe(now - self._last_commit_at)
+        self._last_commit_at = now
+        m.height.set(info.height)
+        m.committed_blocks.inc()
+        m.committed_txs.inc(len(info.block.txs))
+        m.block_txs.observe(len(info.block.txs))
+
+    def _evidence(self, evidence: Evidence) -> None:
+        log.warning("equivocation evidence from validator %s", evidence.validator.hex()[:16])
+        self.parts.metrics.equivocations.labels(evidence.kind).inc()
+
+    # -- views for the API -------------------------------------------------------
+
+    def quorum_connected(self) -> bool:
+        p = self.parts
+        n = len(p.genesis.validators)
+        f = (n - 1) // 3
+        return len(p.transport.connected_peers()) + 1 >= 2 * f + 1
+
+
+def ledger_genesis(doc: GenesisDoc) -> Genesis:
+    """The ledger's canonical genesis record for a genesis document."""
+    params = ConsensusParams(
+        window=doc.consensus.window,
+        checkpoint_interval=doc.consensus.checkpoint_interval,
+        max_block_txs=doc.consensus.max_block_txs,
+        max_block_bytes=doc.consensus.max_block_bytes,
+    )
+    genesis = Genesis(
+        chain_id=doc.chain_id,
+        genesis_time_ms=doc.genesis_time_ms,
+        organisations=sorted(
+            (GenesisOrg(o.public_key, o.name) for o in doc.organisations), key=lambda o: o.key
+        ),
+        validators=sorted(v.public_key for v in doc.validators),
+        params=params,
+        policy=Policy(
+            break_glass_enabled=doc.break_glass.allowed,
+            reason_codes=sorted(set(doc.break_glass.reason_codes)),
+        ),
+    )
+    validate_genesis(genesis)
+    return genesis
+
+
+def _drain(app: LedgerApplication) -> None:
+    app.after_commit()
+
+
+def _block_time(store: Store, height: int, genesis: Genesis) -> int:
+    if height == 0:
+        return genesis.genesis_time_ms
+    raw = store.get_block_bytes(height)
+    if raw is None:
+        return genesis.genesis_time_ms
+    return codec.decode(raw, Block).header.time_ms
+
+
+class NodeFacadeImpl:
+    """:class:`node.api.facade.NodeFacade` over a running :class:`Node`."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._p = node.parts
+
+    def ready(self) -> bool:
+        return self._node.quorum_connected()
+
+    def status(self) -> NodeStatus:
+        p = self._p
+        replica = p.service.replica
+        height = p.store.latest_height() or 0
+        return NodeStatus(
+            chain_id=p.genesis.chain_id,
+            node_id=p.key.public_key,
+            height=height,
+            view=replica.view,
+            primary=replica.vs.primary(replica.view),
+            validators=list(p.genesis.validators),
+            peers=len(p.transport.connected_peers()),
+            state_root=p.store.state_root() or b"",
+            extra={"mempool_txs": len(p.mempool)},
+        )
+
+    def metrics_text(self) -> bytes:
+        return self._p.metrics.render()
+
+    async def submit(self, tx: bytes, blob: bytes | None) -> bytes:
+        txh = await self._p.mempool.submit(tx, blob)
+        self._p.service.notify_pending()
+        return txh
+
+    async def submit_batch(
+        self, items: Sequence[tuple[bytes, bytes | None]]
+    ) -> Sequence[bytes | LedgerError]:
+        results = await self._p.mempool.submit_many(items)
+        self._p.service.notify_pending()
+        return results
+
+    async def tx_status(self, tx_hash: bytes, prove_it: bool) -> TxStatus:
+        p = self._p
+        loc = p.store.tx_location(tx_hash)
+        if loc is None:
+            return TxStatus(tx_hash, "pending" if tx_hash in p.mempool else "unknown")
+        height, index = loc
+        raw_results = p.store.get_results(height)
+        code = decode_results(raw_results)[index].code if raw_results is not None else None
+        proof: Any = None
+        if prove_it:
+            proof = self._proof(height, index)
+        return TxStatus(tx_hash, "committed", height, index, code, proof)
+
+    def _proof(self, height: int, index: int) -> dict[str, Any]:
+        p = self._p
+        raw = p.store.get_block_bytes(height)
+        cert = p.store.get_certificate(height)
+        if raw is None or cert is None:
+            raise NotFoundError(f"block {height} is not stored")
+        block = codec.decode(raw, Block)
+        hashes = [codec_tx_hash(tx) for tx in block.txs]
+        return {
+            "chain_id": p.genesis.chain_id,
+            "height": height,
+            "header": block.header,
+            "tx": block.txs[index].encode(),
+            "inclusion": prove(hashes, index),
+            "certificate": cert,
+        }
+
+    async def block(self, height: int | None) -> BlockView:
+        p = self._p
+        h = p.store.latest_height() if height is None else height
+        if h is None or h < 1:
+            raise NotFoundError("no committed block at that height")
+        raw = p.store.get_block_bytes(h)
+        cert = p.store.get_certificate(h)
+        if raw is None or cert is None:
+            raise NotFoundError(f"no committed block at height {h}")
+        block = codec.decode(raw, Block)
+        return BlockView(
+            height=h,
+            hash=block.hash(),
+            header=block.header,
+            tx_hashes=[codec_tx_hash(tx) for tx in block.txs],
+            certificate=cert,
+        )
+
+    async def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> object:
+        raise NotReadyError("record reads arrive with the clinical workflows")
+
+    async def patient_audit(self, patient: bytes, reader: bytes) -> object:
+        raise NotReadyError("audit reads arrive with the clinical workflows")
+
+
+def codec_tx_hash(tx: Tx) -> bytes:
+    return tx_hash(codec.encode(tx))
+
+
+def run(config: Config, doc: GenesisDoc, key: KeyPair) -> None:
+    """``medledger start``: assemble, run until SIGTERM/SIGINT, close cleanly."""
+    node = Node.open(config, doc=doc, key=key)
+    trio.run(node.run)

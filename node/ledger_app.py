@@ -1,0 +1,317 @@
+"""The ledger as PBFT's application: build, check and execute blocks.
+
+This is the one place where consensus meets the ledger and storage
+(``consensus.app.Application``). Consensus hands over opaque block bytes; here
+they become :class:`ledger.block.Block` values that are checked before this
+node PREPAREs them and executed, strictly in height order, once committed.
+
+Time: the proposer stamps its wall clock (never earlier than the parent's
+time + 1 ms); a validator refuses a block time more than ``max_time_skew_ms``
+ahead of its own clock (NOT_YET: it may just be our clock lagging) and any
+time not after the parent's. Apply sees only the header's time, so execution
+stays deterministic.
+
+Exactly once: a block may not repeat a tx that is committed, in an uncommitted
+ancestor, or earlier in itself. A Byzantine proposer that tries is refused
+here, and a block commits only with 2f + 1 commits, so at least f + 1 honest
+validators ran this check on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from consensus.app import Verdict
+from ledger import codec
+from ledger.apply import ApplyContext, apply_block
+from ledger.block import Block, BlockHeader
+from ledger.errors import LedgerError
+from ledger.genesis import Genesis, genesis_apply, genesis_hash
+from ledger.keys import KeyPair
+from ledger.merkle import merkle_root
+from ledger.results import ApplyResult
+from ledger.state_tree import StateTree
+from ledger.tx import Tx, tx_hash
+from ledger.validate import check_tx
+from node.mempool import LedgerTxChecker, Mempool
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+GENESIS_CERTIFICATE = b""  # height 0 is certified by the genesis file itself
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What one executed height changed; handed to the node's commit hook."""
+
+    height: int
+    block_hash: bytes
+    block: Block
+    result: ApplyResult
+    missing_blobs: tuple[bytes, ...]  # blob hashes of committed txs this node never received
+
+
+def open_chain(store: Store, genesis: Genesis) -> None:
+    """Write the genesis state as height 0 of an empty store; check it on a used one."""
+    ghash = genesis_hash(genesis)
+    if store.latest_height() is None:
+        result = genesis_apply(genesis)
+        store.commit(
+            result.bundle(
+                block_hash=ghash,
+                block_bytes=codec.encode(genesis),
+                certificate=GENESIS_CERTIFICATE,
+            )
+        )
+        return
+    stored = store.get_block_hash(0)
+    if stored != ghash:
+        raise LedgerError(
+            "the data directory belongs to another network: its genesis hash "
+            f"{(stored or b'').hex()[:16]} differs from {ghash.hex()[:16]}"
+        )
+
+
+class LedgerApplication:
+    """``consensus.app.Application`` over the ledger, the mempool and the store."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        genesis: Genesis,
+        key: KeyPair,
+        mempool: Mempool,
+        ctx: ApplyContext,
+        clock_ms: Callable[[], int],
+        on_commit: Callable[[CommitInfo], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._genesis = genesis
+        self._params = genesis.params
+        self._key = key
+        self._mempool = mempool
+        self._ctx = ctx
+        self._clock_ms = clock_ms
+        self._on_commit = on_commit
+        self._genesis_hash = genesis_hash(genesis)
+        self._tree = StateTree.load(store)
+        self._decoded: OrderedDict[bytes, Block] = OrderedDict()  # block bytes hash -> Block
+        self._decoded_cap = max(8, 4 * self._params.window)
+        self._decoded_lock = threading.Lock()
+        self._executed: deque[CommitInfo] = deque()  # filled by commit(), drained by after_commit()
+
+    # -- decoding ----------------------------------------------------------------
+
+    def _decode(self, data: bytes) -> Block | None:
+        """Decode once per block: validate, digest and commit all ask for the same bytes.
+
+        The cache is shared with :meth:`commit`, which may run in a worker
+        thread, hence the lock.
+        """
+        key = tx_hash(data)  # any collision-resistant digest of the bytes will do
+        with self._decoded_lock:
+            cached = self._decoded.get(key)
+            if cached is not None:
+                self._decoded.move_to_end(key)
+                return cached
+        try:
+            block = codec.decode(data, Block, max_size=self._params.max_block_bytes + 4096)
+        except LedgerError:
+            return None
+        with self._decoded_lock:
+            self._decoded[key] = block
+            if len(self._decoded) > self._decoded_cap:
+                self._decoded.popitem(last=False)
+        return block
+
+    def digest_of(self, block: bytes) -> bytes | None:
+        decoded = self._decode(block)
+        return decoded.hash() if decoded is not None else None
+
+    def parent_of(self, block: bytes) -> bytes | None:
+        decoded = self._decode(block)
+        return decoded.header.parent_hash if decoded is not None else None
+
+    # -- what the chain looks like ------------------------------------------------
+
+    def _committed_height(self) -> int:
+        height = self._store.latest_height()
+        return height if height is not None else 0
+
+    def _time_of(self, parent: bytes, ancestors: Sequence[Block]) -> int:
+        """Block time of ``parent`` (an ancestor, a committed block or genesis)."""
+        for block in reversed(ancestors):
+            if block.hash() == parent:
+                return block.header.time_ms
+        height = self._store.height_of(parent)
+        if height is None or height == 0:
+            return self._genesis.genesis_time_ms
+        raw = self._store.get_block_bytes(height)
+        stored = self._decode(raw) if raw is not None else None
+        return stored.header.time_ms if stored is not None else self._genesis.genesis_time_ms
+
+    def _lagged_root(self, height: int) -> bytes | None:
+        """State root the header of ``height`` must carry: after ``height - window``."""
+        return self._store.state_root_at(max(0, height - self._params.window))
+
+    def has_pending(self) -> bool:
+        return len(self._mempool) > 0
+
+    def committed_block(self, height: int) -> tuple[bytes, bytes] | None:
+        if height < 1:
+            return None
+        block = self._store.get_block_bytes(height)
+        cert = self._store.get_certificate(height)
+        if block is None or cert is None:
+            return None
+        return block, cert
+
+    # -- proposing ----------------------------------------------------------------
+
+    def propose(self, height: int, parent: bytes, ancestors: Sequence[bytes]) -> bytes | None:
+        blocks = [b for b in (self._decode(a) for a in ancestors) if b is not None]
+        in_flight = {tx_hash(codec.encode(tx)) for b in blocks for tx in b.txs}
+        pending = self._mempool.reap(
+            self._params.max_block_txs, self._params.max_block_bytes - 1024, skip=in_flight
+        )
+        if not pending:
+            return None
+        root = self._lagged_root(height)
+        if root is None:
+            return None  # cannot happen within the window; be idle rather than wrong
+        time_ms = max(self._clock_ms(), self._time_of(parent, blocks) + 1)
+        txs = [p.tx for p in pending]
+        header = BlockHeader(
+            chain_id=self._genesis.chain_id,
+            height=height,
+            time_ms=time_ms,
+            parent_hash=parent,
+            tx_count=len(txs),
+            tx_root=merkle_root([p.hash for p in pending]),
+            state_root=root,
+            proposer=self._key.public_key,
+        )
+        return codec.encode(Block(header, txs))
+
+    # -- validating ---------------------------------------------------------------
+
+    def validate(
+        self, height: int, parent: bytes, block: bytes, ancestors: Sequence[bytes]
+    ) -> Verdict:
+        decoded = self._decode(block)
+        if decoded is None:
+            return Verdict.invalid("block does not decode")
+        h = decoded.header
+        if h.chain_id != self._genesis.chain_id:
+            return Verdict.invalid("wrong chain id")
+        if h.height != height:
+            return Verdict.invalid(f"header height {h.height} is not {height}")
+        if h.parent_hash != parent:
+            return Verdict.invalid("parent hash does not match")
+        if h.proposer not in self._genesis.validators:
+            return Verdict.invalid("proposer is not a validator")
+        if not decoded.txs:
+            return Verdict.invalid("empty block")
+        if h.tx_count != len(decoded.txs):
+            return Verdict.invalid("tx count does not match")
+        if len(decoded.txs) > self._params.max_block_txs:
+            return Verdict.invalid("too many txs")
+        if len(block) > self._params.max_block_bytes:
+            return Verdict.invalid("block too large")
+        ancestor_blocks = [b for b in (self._decode(a) for a in ancestors) if b is not None]
+        if h.time_ms <= self._time_of(parent, ancestor_blocks):
+            return Verdict.invalid("block time does not advance")
+        if h.time_ms > self._clock_ms() + self._params.max_time_skew_ms:
+            return Verdict.not_yet("block time is ahead of our clock")
+        root = self._lagged_root(height)
+        if root is None:
+            return Verdict.not_yet(f"state after height {height - self._params.window} unknown")
+        if h.state_root != root:
+            return Verdict.invalid("state root does not match")
+        seen = {tx_hash(codec.encode(tx)) for b in ancestor_blocks for tx in b.txs}
+        hashes: list[bytes] = []
+        for tx in decoded.txs:
+            txh = tx_hash(codec.encode(tx))
+            if txh in seen or self._store.tx_location(txh) is not None:
+                return Verdict.invalid(f"tx {txh.hex()[:16]} is repeated")
+            seen.add(txh)
+            hashes.append(txh)
+            try:
+                check_tx(tx, txh, self._ctx.chain_id, self._ctx.limits, self._ctx.sig_cache)
+            except LedgerError as exc:
+                return Verdict.invalid(f"tx {txh.hex()[:16]}: {exc.code}")
+        if merkle_root(hashes) != h.tx_root:
+            return Verdict.invalid("tx root does not match")
+        return Verdict.ok()
+
+    # -- executing ----------------------------------------------------------------
+
+    def commit(self, height: int, block: bytes, certificate: bytes) -> bytes:
+        decoded = self._decode(block)
+        if decoded is None:  # consensus only commits what validated or carries a certificate
+            raise LedgerError(f"committed block at height {height} does not decode")
+        result = apply_block(self._store, decoded, self._ctx, self._tree)
+        blob_puts, missing = self._blobs_for(decoded.txs)
+        erased = set(result.blob_deletes)
+        bundle = result.bundle(
+            block_hash=decoded.hash(),
+            block_bytes=block,
+            certificate=certificate,
+            blob_puts=[(bh, b) for bh, b in blob_puts if bh not in erased],
+        )
+        self._store.commit(bundle)
+        if result.tree is not None:
+            self._tree = result.tree
+        if result.blob_deletes:
+            self._store.compact_blobs()  # crypto-shredding: also purge LevelDB's old files
+        if missing:
+            log.warning("committed height %d without %d of its blobs", height, len(missing))
+        self._executed.append(CommitInfo(height, decoded.hash(), decoded, result, tuple(missing)))
+        return result.state_root
+
+    def after_commit(self) -> list[CommitInfo]:
+        """Finish, on the Trio thread, every height executed since the last call.
+
+        :meth:`commit` may run in a worker thread (the consensus service keeps
+        LevelDB's fsync off the event loop), but the mempool and its waiters
+        belong to the Trio thread, so their update happens here, in order.
+        """
+        done: list[CommitInfo] = []
+        while self._executed:
+            info = self._executed.popleft()
+            self._mempool.update(
+                info.height,
+                info.result.tx_hashes,
+                LedgerTxChecker(self._store, self._ctx, time_ms=info.block.header.time_ms),
+            )
+            if self._on_commit is not None:
+                self._on_commit(info)
+            done.append(info)
+        return done
+
+    def _blobs_for(self, txs: Sequence[Tx]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+        """Sidecar blobs of ``txs`` held by the mempool, and the hashes we lack."""
+        puts: list[tuple[bytes, bytes]] = []
+        missing: list[bytes] = []
+        for tx in txs:
+            wanted = _blob_hash_of(tx)
+            if wanted is None or self._store.has_blob(wanted):
+                continue
+            pending = self._mempool.get(tx_hash(codec.encode(tx)))
+            if pending is not None and pending.blob is not None:
+                puts.append((wanted, pending.blob))
+            else:
+                missing.append(wanted)
+        return puts, missing
+
+
+def _blob_hash_of(tx: Tx) -> bytes | None:
+    body = tx.body
+    blob_hash = getattr(body, "blob_hash", None) or getattr(body, "wrap_blob_hash", None)
+    return blob_hash if isinstance(blob_hash, bytes) else None

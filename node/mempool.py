@@ -1,0 +1,723 @@
+"""The mempool: admitted transactions waiting for a block, and their gossip.
+
+Shaped like CometBFT's mempool (``CheckTx`` / ``Reap`` / ``Update``):
+
+* :meth:`Mempool.add` admits a tx: dedup by hash first (cheapest), then the
+  stateless checks (size, encoding, chain id, signature, blob binding), the
+  per-sender nonce window, the stateful pre-check, and the capacity limits.
+  Every refusal is a typed :class:`~ledger.errors.LedgerError` with a stable
+  ``code``, counted in ``medledger_txs_rejected_total{reason=code}``.
+* :meth:`Mempool.reap` picks a block's worth in a deterministic order (arrival
+  order across senders, nonce order within a sender, never past a gap).
+* :meth:`Mempool.update` runs after each commit: it drops the committed txs,
+  wakes clients waiting in :meth:`Mempool.wait_committed`, and rechecks what
+  remains against the new state within a time and count budget, resuming
+  where it stopped at the next block, so a big pool never stalls a commit.
+
+Gossip: locally submitted txs go through a bounded outbox; :meth:`run_gossip`
+groups them into :class:`TxBatch` messages by size and by age and hands each
+batch to the network, awaiting it (backpressure all the way back to
+:meth:`submit`). Batches from peers go through :meth:`add_batch`, the same
+admission (the signature cache makes a re-check of our own txs cheap).
+
+Every structure is bounded: the pool by count and bytes, each sender by the
+nonce window, the waiters, the outbox and the recheck queue.
+
+Only the Trio thread of the node touches a mempool; it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from ledger import codec
+from ledger.apply import ApplyContext, check_tx_against_state
+from ledger.blob import MAX_BLOB_SIZE, check_blob_for_tx
+from ledger.codec import Record
+from ledger.errors import LedgerError, NonceGapError, NonceReplayError, StateRuleError
+from ledger.state import StateView
+from ledger.tx import Tx, tx_hash
+from ledger.validate import check_tx_bytes
+from node.metrics import NodeMetrics, NoopMetrics
+from storage.api import StateReader
+
+if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
+    from trio_typing import TaskStatus
+
+    from node.config import Config
+
+log = logging.getLogger(__name__)
+
+# --- errors ----------------------------------------------------------------------
+
+
+class MempoolFullError(LedgerError):
+    """The pool is at its count or byte limit; the client should retry later (HTTP 503)."""
+
+    code = "MEMPOOL_FULL"
+
+
+class AlreadyKnownError(LedgerError):
+    """This exact tx is already pending: an idempotent answer, not a failure.
+
+    ``tx_hash`` lets the API answer with the hash as for a fresh admission.
+    """
+
+    code = "ALREADY_KNOWN"
+
+    def __init__(self, txh: bytes) -> None:
+        super().__init__(f"tx {txh.hex()[:16]} is already pending")
+        self.tx_hash = txh
+
+
+class NoncePendingError(StateRuleError):
+    """Another tx of the same sender with the same nonce is already pending."""
+
+    code = "NONCE_PENDING"
+
+
+class ExpiredError(LedgerError):
+    """A pending tx that stayed unincludable for too many blocks (e.g. behind a gap)."""
+
+    code = "EXPIRED"
+
+
+class BusyError(LedgerError):
+    """Too many clients already wait for commits; retry later (HTTP 503)."""
+
+    code = "BUSY"
+
+
+# --- what the mempool asks of the ledger ------------------------------------------------
+
+
+class TxChecker(Protocol):
+    """The ledger checks the mempool runs, bound to the latest committed state.
+
+    ``check_stateless`` raises the decode/stateless error family, ``check_stateful``
+    a :class:`~ledger.errors.StateRuleError` (it must ignore the nonce, which the
+    mempool orders itself: a tx a few nonces ahead is admissible).
+    """
+
+    def check_stateless(self, tx_bytes: bytes, blob: bytes | None) -> tuple[Tx, bytes]:
+        """Decode and check ``tx_bytes`` (and its blob) alone; return ``(tx, tx_hash)``."""
+        ...
+
+    def next_nonce(self, sender: bytes) -> int:
+        """The nonce the committed state expects next from ``sender`` (0 if unknown)."""
+        ...
+
+    def check_stateful(self, tx: Tx) -> None:
+        """The rule pre-check against committed state, nonce excluded."""
+        ...
+
+
+# --- wire format of a gossiped batch -------------------------------------------------
+
+
+class BatchItem(Record, frozen=True):
+    tx: bytes
+    blob: bytes | None
+
+
+class TxBatch(Record, frozen=True):
+    """One gossip message: many txs with their sidecar blobs."""
+
+    items: list[BatchItem]
+
+
+def encode_batch(items: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+    return codec.encode(TxBatch([BatchItem(tx, blob) for tx, blob in items]))
+
+
+def decode_batch(data: bytes, max_size: int) -> TxBatch:
+    """Raises the :class:`~ledger.errors.DecodeError` family for a bad batch."""
+    return codec.decode(data, TxBatch, max_size=max_size)
+
+
+_ITEM_OVERHEAD = 12  # msgpack array header + two bin headers, upper bound
+
+
+def _item_size(tx: bytes, blob: bytes | None) -> int:
+    return len(tx) + (len(blob) if blob is not None else 0) + _ITEM_OVERHEAD
+
+
+# --- settings, results, statistics -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolSettings:
+    """Limits and budgets; the node maps its ``[mempool]`` / ``[p2p]`` config onto these."""
+
+    max_txs: int = 50_000
+    max_bytes: int = 256 * 1024 * 1024  # tx bytes
+    max_blob_bytes: int = 512 * 1024 * 1024  # sidecar blob bytes held beside them
+    max_nonces_ahead: int = 64  # accept next_nonce .. next_nonce + this, per sender
+    recheck_budget_s: float = 0.1
+    recheck_budget_txs: int = 20_000
+    ttl_blocks: int = 600  # evict what stayed unincludable this many blocks
+    max_waiters: int = 10_000
+    outbox_size: int = 4096  # locally submitted txs queued for gossip
+    gossip_batch_bytes: int = 64 * 1024
+    gossip_batch_interval_s: float = 0.02
+    max_batch_message_bytes: int = 1024 * 1024  # largest batch accepted from a peer
+
+    @classmethod
+    def from_config(cls, config: Config) -> MempoolSettings:
+        """The ``[mempool]`` limits and the ``[p2p]`` gossip batching of a node config."""
+        return cls(
+            max_txs=config.mempool.max_txs,
+            max_bytes=config.mempool.max_bytes,
+            recheck_budget_s=config.mempool.recheck_budget_s,
+            gossip_batch_bytes=config.p2p.gossip_batch_bytes,
+            gossip_batch_interval_s=config.p2p.gossip_batch_interval_s,
+        )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_txs",
+            "max_bytes",
+            "max_blob_bytes",
+            "max_waiters",
+            "outbox_size",
+            "gossip_batch_bytes",
+            "max_batch_message_bytes",
+            "ttl_blocks",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"mempool.{name}: must be positive")
+        if self.max_nonces_ahead < 0 or self.recheck_budget_txs < 0:
+            raise ValueError("mempool: negative budget")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTx:
+    """A pending tx as :meth:`Mempool.reap` hands it to the proposer."""
+
+    tx: Tx
+    hash: bytes
+    data: bytes
+    blob: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Where a tx was committed: what :meth:`Mempool.wait_committed` returns."""
+
+    height: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    accepted: int
+    duplicates: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolStatistics:
+    """A snapshot for gauges and ``/v1/status``."""
+
+    txs: int
+    tx_bytes: int
+    blob_bytes: int
+    senders: int
+    waiters: int
+    outbox_queued: int
+    recheck_queued: int
+    height: int
+    accepted_total: int
+    rejected_total: int
+    evicted_total: int
+    gossip_batches_total: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    pending: PendingTx
+    seq: int
+    height: int  # height at admission, for the TTL
+    admitted_at: float
+    size: int = field(init=False)
+    blob_size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.pending.data)
+        self.blob_size = len(self.pending.blob) if self.pending.blob is not None else 0
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: Committed | None = None
+        self.error: LedgerError | None = None
+
+
+Source = str  # "local" (API), "gossip" (peer batch): a metrics label
+
+
+class Mempool:
+    """Pending transactions of one node. See the module docstring."""
+
+    def __init__(
+        self,
+        checker: TxChecker,
+        settings: MempoolSettings | None = None,
+        *,
+        metrics: NodeMetrics | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        height: int = 0,
+    ) -> None:
+        self._checker = checker
+        self.settings = settings or MempoolSettings()
+        self._metrics = metrics if metrics is not None else NoopMetrics()
+        self._clock = clock  # monotonic; only for budgets and latency metrics
+        self._height = height
+        self._by_hash: dict[bytes, _Entry] = {}  # insertion order == arrival order
+        self._senders: dict[bytes, dict[int, _Entry]] = {}  # sender -> nonce -> entry
+        self._bytes = 0
+        self._blob_bytes = 0
+        self._seq = 0
+        self._recheck: deque[bytes] = deque()
+        self._waiters: dict[bytes, list[_Waiter]] = {}
+        self._n_waiters = 0
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[tuple[bytes, bytes | None]](
+            self.settings.outbox_size
+        )
+        self._accepted_total = 0
+        self._rejected_total = 0
+        self._evicted_total = 0
+        self._batches_total = 0
+
+    # -- admission ---------------------------------------------------------------
+
+    def add(self, tx_bytes: bytes, blob: bytes | None = None, *, source: Source = "local") -> bytes:
+        """Admit one tx without gossiping it; return its hash.
+
+        Raises :class:`AlreadyKnownError` for a tx already pending, and a typed
+        :class:`~ledger.errors.LedgerError` for every refusal.
+        """
+        try:
+            txh = self._admit(tx_bytes, blob)
+        except AlreadyKnownError:
+            self._metrics.txs_rejected.labels(AlreadyKnownError.code).inc()
+            raise
+        except LedgerError as exc:
+            self._rejected_total += 1
+            self._metrics.txs_rejected.labels(exc.code).inc()
+            raise
+        self._accepted_total += 1
+        self._metrics.txs_accepted.labels(source).inc()
+        self._update_gauges()
+        return txh
+
+    def _admit(self, tx_bytes: bytes, blob: bytes | None) -> bytes:
+        txh = tx_hash(tx_bytes)  # dedup before any costly check
+        if txh in self._by_hash:
+            raise AlreadyKnownError(txh)
+        tx, checked_hash = self._checker.check_stateless(tx_bytes, blob)
+        assert checked_hash == txh, "checker hashed different bytes"
+        self._check_nonce(tx)
+        pending_nonces = self._senders.get(tx.sender)
+        if pending_nonces is not None and tx.nonce in pending_nonces:
+            raise NoncePendingError(f"nonce {tx.nonce} of this sender is already pending")
+        self._checker.check_stateful(tx)
+        entry = _Entry(PendingTx(tx, txh, tx_bytes, blob), self._seq, self._height, self._clock())
+        s = self.settings
+        if (
+            len(self._by_hash) >= s.max_txs
+            or self._bytes + entry.size > s.max_bytes
+            or self._blob_bytes + entry.blob_size > s.max_blob_bytes
+        ):
+            raise MempoolFullError(
+                f"mempool holds {len(self._by_hash)} txs / {self._bytes} bytes "
+                f"/ {self._blob_bytes} blob bytes"
+            )
+        self._seq += 1
+        self._by_hash[txh] = entry
+        self._senders.setdefault(tx.sender, {})[tx.nonce] = entry
+        self._bytes += entry.size
+        self._blob_bytes += entry.blob_size
+        self._recheck.append(txh)
+        self._compact_recheck()
+        return txh
+
+    def _check_nonce(self, tx: Tx) -> None:
+        expected = self._checker.next_nonce(tx.sender)
+        if tx.nonce < expected:
+            raise NonceReplayError(f"nonce {tx.nonce} already used (next is {expected})")
+        if tx.nonce > expected + self.settings.max_nonces_ahead:
+            raise NonceGapError(
+                f"nonce {tx.nonce} is more than {self.settings.max_nonces_ahead} "
+                f"ahead of {expected}"
+            )
+
+    async def submit(self, tx_bytes: bytes, blob: bytes | None = None) -> bytes:
+        """Admit a client's tx and queue it for gossip; return its hash.
+
+        Waits while the gossip outbox is full: the network's backpressure
+        reaches the client here instead of a queue growing or a tx being lost.
+        """
+        txh = self.add(tx_bytes, blob, source="local")
+        await self._queue_gossip(tx_bytes, blob)
+        return txh
+
+    async def submit_many(
+        self, items: Sequence[tuple[bytes, bytes | None]]
+    ) -> list[bytes | LedgerError]:
+        """:meth:`submit` for a batch: one result (hash or error) per item, in order."""
+        results: list[bytes | LedgerError] = []
+        for n, (tx_bytes, blob) in enumerate(items):
+            try:
+                results.append(self.add(tx_bytes, blob, source="local"))
+            except LedgerError as exc:
+                results.append(exc)
+                continue
+            await self._queue_gossip(tx_bytes, blob)
+            if n % 64 == 63:
+                await trio.lowlevel.checkpoint()  # signature checks: let others run
+        return results
+
+    async def _queue_gossip(self, tx_bytes: bytes, blob: bytes | None) -> None:
+        if _item_size(tx_bytes, blob) + _ITEM_OVERHEAD > self.settings.max_batch_message_bytes:
+            # libp2p drops oversized pubsub messages silently; count it here instead.
+            # The tx stays pending (and reaches blocks we propose); its blob must
+            # travel by another path.
+            self._metrics.messages_dropped.labels("too_large_for_gossip").inc()
+            log.warning(
+                "tx %s with its blob (%d bytes) is too large to gossip",
+                tx_hash(tx_bytes).hex()[:16],
+                _item_size(tx_bytes, blob),
+            )
+            return
+        queued = False
+        try:
+            await self._outbox_send.send((tx_bytes, blob))
+            queued = True
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._metrics.messages_dropped.labels("outbox_closed").inc()
+            queued = True  # counted here; the tx stays pending, unannounced (shutdown)
+        finally:
+            if not queued:  # cancelled: the tx stays pending, unannounced
+                self._metrics.messages_dropped.labels("outbox_cancelled").inc()
+
+    async def add_batch(self, data: bytes, *, source: Source = "gossip") -> BatchOutcome:
+        """Admit every tx of a gossiped batch; never re-gossips them.
+
+        A batch that does not decode raises the :class:`~ledger.errors.DecodeError`
+        family (the peer's fault); single bad txs are only counted.
+        """
+        batch = decode_batch(data, self.settings.max_batch_message_bytes)
+        accepted = duplicates = rejected = 0
+        for n, item in enumerate(batch.items):
+            try:
+                self.add(item.tx, item.blob, source=source)
+                accepted += 1
+            except AlreadyKnownError:
+                duplicates += 1
+            except LedgerError:
+                rejected += 1
+            if n % 64 == 63:
+                await trio.lowlevel.checkpoint()
+        return BatchOutcome(accepted, duplicates, rejected)
+
+    # -- queries -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def __contains__(self, txh: bytes) -> bool:
+        return txh in self._by_hash
+
+    def get(self, txh: bytes) -> PendingTx | None:
+        entry = self._by_hash.get(txh)
+        return entry.pending if entry is not None else None
+
+    def statistics(self) -> MempoolStatistics:
+        return MempoolStatistics(
+            txs=len(self._by_hash),
+            tx_bytes=self._bytes,
+            blob_bytes=self._blob_bytes,
+            senders=len(self._senders),
+            waiters=self._n_waiters,
+            outbox_queued=self._outbox_send.statistics().current_buffer_used,
+            recheck_queued=len(self._recheck),
+            height=self._height,
+            accepted_total=self._accepted_total,
+            rejected_total=self._rejected_total,
+            evicted_total=self._evicted_total,
+            gossip_batches_total=self._batches_total,
+        )
+
+    # -- reap ----------------------------------------------------------------------
+
+    def reap(
+        self, max_txs: int, max_bytes: int, *, skip: Collection[bytes] = ()
+    ) -> list[PendingTx]:
+        """Up to ``max_txs`` txs of at most ``max_bytes`` in total, for a proposal.
+
+        Each sender's txs come in nonce order starting at the nonce the state
+        expects, stopping at the first missing nonce; senders interleave by
+        arrival order. ``skip`` holds hashes already in proposed but not yet
+        committed blocks: they are passed over as if included, so a sender's
+        sequence continues after them. Nothing is removed (see :meth:`update`).
+        """
+        out: list[PendingTx] = []
+        if max_txs <= 0:
+            return out
+        heap: list[tuple[int, bytes, int]] = []  # (arrival seq, sender, nonce)
+        for sender, by_nonce in self._senders.items():
+            entry = self._next_includable(by_nonce, self._checker.next_nonce(sender), skip)
+            if entry is not None:
+                heap.append((entry.seq, sender, entry.pending.tx.nonce))
+        heapq.heapify(heap)
+        total = 0
+        while heap and len(out) < max_txs:
+            _, sender, nonce = heapq.heappop(heap)
+            by_nonce = self._senders[sender]
+            entry = by_nonce[nonce]
+            if total + entry.size > max_bytes:
+                continue  # this sender is done; smaller txs of others may still fit
+            out.append(entry.pending)
+            total += entry.size
+            nxt = self._next_includable(by_nonce, nonce + 1, skip)
+            if nxt is not None:
+                heapq.heappush(heap, (nxt.seq, sender, nxt.pending.tx.nonce))
+        return out
+
+    @staticmethod
+    def _next_includable(
+        by_nonce: dict[int, _Entry], nonce: int, skip: Collection[bytes]
+    ) -> _Entry | None:
+        while True:
+            entry = by_nonce.get(nonce)
+            if entry is None:
+                return None
+            if entry.pending.hash not in skip:
+                return entry
+            nonce += 1
+
+    # -- update after a commit -----------------------------------------------------------
+
+    def update(
+        self,
+        height: int,
+        committed: Sequence[bytes],
+        checker: TxChecker | None = None,
+    ) -> None:
+        """Drop the txs committed at ``height`` and recheck the rest within budget.
+
+        ``committed`` is the block's tx hashes in block order (so waiters learn
+        their index); ``checker``, when given, replaces the current one and must
+        see the state after ``height``.
+        """
+        if checker is not None:
+            self._checker = checker
+        self._height = height
+        now = self._clock()
+        for index, txh in enumerate(committed):
+            entry = self._by_hash.get(txh)
+            if entry is not None:
+                self._remove(entry)
+                self._metrics.commit_latency.observe(max(0.0, now - entry.admitted_at))
+            self._wake(txh, result=Committed(height, index))
+        self._recheck_some()
+        self._update_gauges()
+
+    def _recheck_some(self) -> None:
+        s = self.settings
+        deadline = self._clock() + s.recheck_budget_s
+        todo = min(len(self._recheck), s.recheck_budget_txs)
+        for n in range(todo):
+            if n and self._clock() >= deadline:
+                break
+            txh = self._recheck.popleft()
+            entry = self._by_hash.get(txh)
+            if entry is None:
+                continue  # committed or evicted since it was queued
+            try:
+                if self._height - entry.height > s.ttl_blocks:
+                    raise ExpiredError(f"pending since height {entry.height}")
+                self._check_nonce(entry.pending.tx)
+                self._checker.check_stateful(entry.pending.tx)
+            except LedgerError as exc:
+                self._evict(entry, exc)
+            else:
+                self._recheck.append(txh)
+
+    def _evict(self, entry: _Entry, exc: LedgerError) -> None:
+        self._remove(entry)
+        self._evicted_total += 1
+        self._metrics.mempool_evicted.labels(exc.code).inc()
+        log.debug("evicted tx %s: %s", entry.pending.hash.hex()[:16], exc.code)
+        self._wake(entry.pending.hash, error=exc)
+
+    def _remove(self, entry: _Entry) -> None:
+        pending = entry.pending
+        del self._by_hash[pending.hash]
+        by_nonce = self._senders[pending.tx.sender]
+        del by_nonce[pending.tx.nonce]
+        if not by_nonce:
+            del self._senders[pending.tx.sender]
+        self._bytes -= entry.size
+        self._blob_bytes -= entry.blob_size
+
+    def _compact_recheck(self) -> None:
+        """Keep the recheck queue bounded: stale hashes are dropped lazily, so rebuild."""
+        if len(self._recheck) > 2 * self.settings.max_txs + 64:
+            self._recheck = deque(self._by_hash)
+
+    def _update_gauges(self) -> None:
+        self._metrics.mempool_txs.set(len(self._by_hash))
+        self._metrics.mempool_bytes.set(self._bytes)
+        self._metrics.mempool_blob_bytes.set(self._blob_bytes)
+
+    # -- waiters ------------------------------------------------------------------------
+
+    async def wait_committed(self, txh: bytes) -> Committed:
+        """Block until ``txh`` commits; raise the error that evicted it instead.
+
+        Bound the wait with a cancel scope (``trio.move_on_after``); the waiter
+        is removed when cancelled. Raises :class:`BusyError` when too many
+        clients already wait.
+        """
+        if self._n_waiters >= self.settings.max_waiters:
+            raise BusyError(f"{self._n_waiters} clients already wait for commits")
+        waiter = _Waiter()
+        self._waiters.setdefault(txh, []).append(waiter)
+        self._n_waiters += 1
+        try:
+            await waiter.event.wait()
+        finally:
+            if not waiter.event.is_set():  # cancelled: unregister
+                waiters = self._waiters.get(txh)
+                if waiters is not None:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[txh]
+                self._n_waiters -= 1
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.result is not None
+        return waiter.result
+
+    def _wake(
+        self, txh: bytes, *, result: Committed | None = None, error: LedgerError | None = None
+    ) -> None:
+        waiters = self._waiters.pop(txh, None)
+        if not waiters:
+            return
+        for waiter in waiters:
+            waiter.result = result
+            waiter.error = error
+            waiter.event.set()
+        self._n_waiters -= len(waiters)
+
+    # -- gossip ---------------------------------------------------------------------------
+
+    async def run_gossip(
+        self,
+        publish: Callable[[bytes], Awaitable[object]],
+        *,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Group outbox txs into :class:`TxBatch` messages and ``await publish(batch)``.
+
+        A batch closes when it would pass ``gossip_batch_bytes`` or when its
+        first tx has waited ``gossip_batch_interval_s`` (Trio's clock, so tests
+        use ``MockClock``). A single tx bigger than a batch travels alone.
+        ``publish`` is awaited: while the network is slow, the outbox fills
+        and :meth:`submit` waits. Returns when :meth:`close_outbox` was called
+        and the outbox is drained.
+        """
+        s = self.settings
+        carry: tuple[bytes, bytes | None] | None = None
+        task_status.started()
+        async with self._outbox_recv:
+            while True:
+                if carry is None:
+                    try:
+                        carry = await self._outbox_recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                items = [carry]
+                carry = None
+                size = _item_size(*items[0])
+                closed = False
+                with trio.move_on_at(trio.current_time() + s.gossip_batch_interval_s):
+                    while size < s.gossip_batch_bytes:
+                        try:
+                            item = await self._outbox_recv.receive()
+                        except trio.EndOfChannel:
+                            closed = True
+                            break
+                        item_size = _item_size(*item)
+                        if size + item_size > s.gossip_batch_bytes:
+                            carry = item
+                            break
+                        items.append(item)
+                        size += item_size
+                data = encode_batch(items)
+                await publish(data)
+                self._batches_total += 1
+                self._metrics.gossip_batches.inc()
+                self._metrics.gossip_batch_bytes.observe(len(data))
+                if closed:
+                    return
+
+    def close_outbox(self) -> None:
+        """Stop accepting gossip; :meth:`run_gossip` flushes what is queued and returns."""
+        self._outbox_send.close()
+
+
+# --- the real ledger behind TxChecker ---------------------------------------------------
+
+
+class LedgerTxChecker:
+    """:class:`TxChecker` over the ledger's own checks, bound to one committed state.
+
+    Stateless: :func:`ledger.validate.check_tx_bytes` (with the node's
+    signature cache, so a tx is verified once per node) and
+    :func:`ledger.blob.check_blob_for_tx`. Stateful:
+    :func:`ledger.apply.check_tx_against_state` as if in the next block at
+    ``time_ms`` (the last committed block's time), with the tx's own nonce as
+    the expected one: the mempool has already placed the nonce in its window.
+    Build a new one after each commit and hand it to :meth:`Mempool.update`.
+    """
+
+    def __init__(
+        self,
+        state: StateReader,
+        ctx: ApplyContext,
+        *,
+        time_ms: int,
+        max_blob_bytes: int = MAX_BLOB_SIZE,
+    ) -> None:
+        self._state = state
+        self._ctx = ctx
+        self._time_ms = time_ms
+        self._max_blob_bytes = max_blob_bytes
+
+    def check_stateless(self, tx_bytes: bytes, blob: bytes | None) -> tuple[Tx, bytes]:
+        ctx = self._ctx
+        tx, txh = check_tx_bytes(tx_bytes, ctx.chain_id, ctx.limits, ctx.sig_cache)
+        check_blob_for_tx(tx, blob, max_size=self._max_blob_bytes)
+        return tx, txh
+
+    def next_nonce(self, sender: bytes) -> int:
+        identity = StateView(self._state).identity(sender)
+        return identity.nonce if identity is not None else 0
+
+    def check_stateful(self, tx: Tx) -> None:
+        check_tx_against_state(self._state, tx, self._time_ms, self._ctx, expected_nonce=tx.nonce)

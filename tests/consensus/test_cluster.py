@@ -1,0 +1,148 @@
+"""Directed scenarios on the simulated cluster (discrete events, seeded)."""
+
+from __future__ import annotations
+
+import itertools
+
+from consensus.testing import NetConfig, Simulation, sim_config
+
+
+def _run_until_committed(sim: Simulation, txs: list[bytes], deadline: int) -> None:
+    ok = sim.run_until(deadline, lambda: sim.all_committed(txs, [n for n in sim.nodes
+                                                                 if n.alive and not n.byzantine]))
+    heights = [n.storage.height for n in sim.nodes]
+    assert ok, f"not all txs committed by {deadline} ms: heights {heights}"
+    assert sim.check_safety() == []
+
+
+def test_normal_case_pipelines_and_commits_everything() -> None:
+    sim = Simulation(4, seed=1, max_txs=4)
+    txs = [sim.submit() for _ in range(40)]
+    _run_until_committed(sim, txs, 2_000)
+    assert all(n.replica.view == 0 for n in sim.nodes)
+    assert sum(sim.messages_sent.get(k, 0) for k in ("ViewChange", "NewView")) == 0
+    # pipelining: more than one height was in flight at once
+    assert max(sim.propose_time) >= 10
+    times = sorted(sim.propose_time.values())
+    assert times[sim.config.window - 1] == times[0]
+
+
+def test_primary_crash_view_change_then_progress() -> None:
+    sim = Simulation(4, seed=2)
+    first = [sim.submit() for _ in range(5)]
+    sim.run_until(3)  # pre-prepares are in flight
+    sim.crash(0)
+    more = [sim.submit([1, 2, 3]) for _ in range(10)]
+    _run_until_committed(sim, first + more, 5_000)
+    assert all(n.replica.view >= 1 for n in sim.nodes[1:])
+    assert all(n.replica.statistics().view_changes >= 1 for n in sim.nodes[1:])
+
+
+def test_two_faulty_primaries_in_a_row() -> None:
+    sim = Simulation(7, seed=3)
+    sim.crash(0)
+    sim.crash(1)
+    txs = [sim.submit() for _ in range(10)]
+    _run_until_committed(sim, txs, 10_000)
+    views = {n.replica.view for n in sim.nodes[2:]}
+    assert len(views) == 1 and min(views) >= 2
+    assert sim.nodes[2].replica.statistics().view_changes >= 2
+
+
+def test_view_change_backoff_doubles_and_is_capped() -> None:
+    cfg = sim_config(view_change_timeout_ms=400, max_timeout_ms=800)
+    sim = Simulation(10, seed=4, config=cfg)
+    for i in (0, 1, 2):  # primaries of views 0, 1 and 2
+        sim.crash(i)
+    txs = [sim.submit() for _ in range(3)]
+    starts: list[int] = []
+    node = sim.nodes[5]
+    last = 0
+    while sim.now < 10_000 and node.replica.view < 3:
+        sim.run_until(sim.now + 5)
+        if node.replica.vc_target != last:
+            last = node.replica.vc_target
+            starts.append(sim.now)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(gaps) == 2, starts
+    assert gaps[1] > gaps[0] + 300  # 400 ms, then 800 ms
+    assert max(gaps) <= cfg.max_timeout_ms + 50  # capped (+ link delays of slack)
+    _run_until_committed(sim, txs, 20_000)
+
+
+def test_isolated_replicas_do_not_run_ahead_alone() -> None:
+    """Without a quorum of view changes the view-change timer never starts."""
+    sim = Simulation(4, seed=4)
+    for i in (0, 1):
+        sim.crash(i)
+    sim.submit()
+    sim.run_until(30_000)
+    assert {n.replica.vc_target for n in sim.nodes[2:]} == {1}
+    assert sim.check_safety() == []
+
+
+def test_restart_from_wal_mid_view_never_double_votes() -> None:
+    """A backup crashes right after voting and restarts from its WAL many times."""
+    sim = Simulation(4, seed=5, byzantine={0: "equivocate"}, max_txs=2)
+    txs = [sim.submit() for _ in range(30)]
+    for t in range(5, 400, 37):
+        sim.run_until(t)
+        sim.crash(2)
+        sim.run_until(t + 3)
+        sim.restart(2)
+    _run_until_committed(sim, txs, 20_000)
+    assert sim.double_votes == []
+    assert len(sim.signed_votes) > 0
+
+
+def test_node_1000_heights_behind_catches_up_by_state_transfer() -> None:
+    sim = Simulation(4, seed=6, config=sim_config(window=8), max_txs=1,
+                     net=NetConfig(delay_min=1, delay_max=3))
+    sim.crash(3)
+    txs = [sim.submit([0, 1, 2]) for _ in range(1_000)]
+    _run_until_committed(sim, txs, 60_000)
+    assert sim.nodes[0].storage.height >= 1_000
+    # everything below the stable checkpoint was garbage collected
+    assert sim.nodes[0].replica.stable.height >= 1_000 - 2 * sim.config.checkpoint_interval
+    sim.restart(3)
+    late = sim.submit()
+    ok = sim.run_until(sim.now + 10_000, lambda: sim.all_committed([late], sim.nodes))
+    assert ok
+    stats = sim.nodes[3].replica.statistics()
+    assert stats.state_blocks_received >= 990
+    assert sim.nodes[3].storage.blocks == sim.nodes[0].storage.blocks[: sim.nodes[3].storage.height]
+    assert sim.check_safety() == []
+
+
+def test_catch_up_despite_a_peer_serving_forged_certificates() -> None:
+    sim = Simulation(4, seed=7, byzantine={0: "forge_state"})
+    sim.crash(3)
+    txs = [sim.submit([0, 1, 2]) for _ in range(20)]
+    _run_until_committed(sim, txs, 5_000)
+    sim.restart(3)
+    late = sim.submit()
+    assert sim.run_until(sim.now + 10_000, lambda: sim.all_committed([late], sim.honest()))
+    assert sim.check_safety() == []
+
+
+def test_checkpoints_bound_the_log_and_the_wal() -> None:
+    sim = Simulation(4, seed=8, max_txs=1)
+    txs = [sim.submit() for _ in range(100)]
+    _run_until_committed(sim, txs, 20_000)
+    k = sim.config.checkpoint_interval
+    for node in sim.nodes:
+        r = node.replica
+        assert r.stable.height >= 100 - 2 * k
+        assert r.buffered_heights() <= sim.config.effective_log_window
+        # the WAL holds only what is above the stable checkpoint (a few records per height)
+        assert len(node.wal) <= 8 * (r.committed - r.stable.height + sim.config.window) + 4
+
+
+def test_minority_partition_heals_and_catches_up() -> None:
+    sim = Simulation(4, seed=9)
+    sim.isolated.add(3)
+    txs = [sim.submit() for _ in range(20)]
+    sim.run_until(1_500)
+    assert sim.nodes[3].storage.height == 0
+    sim.isolated.clear()
+    _run_until_committed(sim, txs, 20_000)

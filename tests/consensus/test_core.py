@@ -1,0 +1,177 @@
+"""Directed tests of one sans-IO replica fed hand-made signed messages."""
+
+from __future__ import annotations
+
+from consensus.core import CommitBlock, Evidence, Persist, Replica, TimerKind
+from consensus.messages import (
+    Commit,
+    CommitCertificate,
+    CommittedBlock,
+    Prepare,
+    PrePrepare,
+    StateResponse,
+    Status,
+    VoteSig,
+    sign,
+    sign_bytes,
+)
+from consensus.testing import CHAIN_ID, ToyApp, ToyStorage, sim_config
+from consensus.wal import WalRecord
+from ledger import codec
+
+from .helpers import GENESIS, KEYS, VS, block, make_replica, sent, signed
+
+
+def _wal(effects: list[object]) -> list[WalRecord]:
+    return [e.record for e in effects if isinstance(e, Persist)]
+
+
+def test_backup_prepares_a_valid_proposal_after_persisting() -> None:
+    r, _ = make_replica(1)
+    b, d = block(1, GENESIS)
+    effects = r.receive(signed(0, PrePrepare(0, 1, d, b)))
+    out = sent(effects)
+    assert [type(e.payload) for e in out] == [Prepare]
+    assert out[0].payload == Prepare(0, 1, d)
+    # the vote is persisted before it is sent
+    kinds = [type(e).__name__ for e in effects]
+    assert kinds.index("Persist") < kinds.index("Broadcast")
+
+
+def test_full_normal_case_commits_with_a_valid_certificate() -> None:
+    r, _app = make_replica(1)
+    b, d = block(1, GENESIS)
+    r.receive(signed(0, PrePrepare(0, 1, d, b)))
+    assert sent(r.receive(signed(0, Prepare(0, 1, d)))) == []
+    # own + two others = quorum of 3: prepared, so COMMIT goes out
+    out = sent(r.receive(signed(2, Prepare(0, 1, d))))
+    assert [e.payload for e in out] == [Commit(0, 1, d)]
+    effects = []
+    for i in (0, 2):
+        effects += r.receive(signed(i, Commit(0, 1, d)))
+    done = [e for e in effects if isinstance(e, CommitBlock)]
+    assert len(done) == 1 and done[0].height == 1 and done[0].digest == d
+    done[0].certificate.verify(VS)
+    assert r.committed == 1
+
+
+def test_invalid_block_is_not_prepared() -> None:
+    r, _ = make_replica(1)
+    b, d = block(1, bytes(32))  # wrong parent
+    out = sent(r.receive(signed(0, PrePrepare(0, 1, d, b))))
+    assert out == []
+    assert r.statistics().invalid_proposals == 1
+
+
+def test_preprepare_from_non_primary_and_digest_mismatch_are_rejected() -> None:
+    r, _ = make_replica(1)
+    b, d = block(1, GENESIS)
+    assert sent(r.receive(signed(2, PrePrepare(0, 1, d, b)))) == []
+    assert sent(r.receive(signed(0, PrePrepare(0, 1, bytes(32), b)))) == []
+    assert r.statistics().invalid_messages == 2
+
+
+def test_non_validator_bad_signature_and_garbage_are_dropped_and_counted() -> None:
+    from ledger.hashing import sha256
+    from ledger.keys import KeyPair
+
+    r, _ = make_replica(1)
+    outsider = KeyPair.from_seed(sha256(b"outsider"))
+    r.receive(codec.encode(sign(outsider, CHAIN_ID, Prepare(0, 1, bytes(32)))))
+    env = sign(KEYS[2], CHAIN_ID, Prepare(0, 1, bytes(32)))
+    forged = type(env)(env.sender, Prepare(0, 2, bytes(32)), env.signature)
+    r.receive(codec.encode(forged))
+    r.receive(b"\xff\x00garbage")
+    s = r.statistics()
+    assert (s.non_validator, s.invalid_signatures, s.malformed) == (1, 1, 1)
+
+
+def test_equivocation_is_kept_as_evidence() -> None:
+    r, _ = make_replica(1)
+    a, b = bytes([1]) * 32, bytes([2]) * 32
+    r.receive(signed(2, Prepare(0, 1, a)))
+    effects = r.receive(signed(2, Prepare(0, 1, b)))
+    ev = [e for e in effects if isinstance(e, Evidence)]
+    assert len(ev) == 1 and ev[0].validator == KEYS[2].public_key
+    assert ev[0].first == signed(2, Prepare(0, 1, a))
+    assert ev[0].second == signed(2, Prepare(0, 1, b))
+    assert r.statistics().equivocations == 1
+    # a duplicate of the first is neither evidence nor a second vote
+    assert not [e for e in r.receive(signed(2, Prepare(0, 1, a))) if isinstance(e, Evidence)]
+
+
+def test_restart_from_wal_never_signs_a_conflicting_vote() -> None:
+    app = ToyApp(ToyStorage())
+    r = Replica(sim_config(), KEYS[1], VS, app, genesis_digest=GENESIS)
+    wal = _wal(r.start())
+    b1, d1 = block(1, GENESIS)
+    effects = r.receive(signed(0, PrePrepare(0, 1, d1, b1)))
+    wal += _wal(effects)
+    first_prepare = next(e for e in sent(effects) if isinstance(e.payload, Prepare))
+    # crash; restart from the WAL with a fresh app (mempool and caches lost)
+    r2 = Replica(sim_config(), KEYS[1], VS, ToyApp(ToyStorage()), genesis_digest=GENESIS,
+                 wal_records=wal)
+    r2.start()
+    b2, d2 = block(1, GENESIS, salt=9)
+    out = sent(r2.receive(signed(0, PrePrepare(0, 1, d2, b2))))
+    assert not [e for e in out if isinstance(e.payload, Prepare)]
+    # the original proposal gets the identical, already-signed prepare again on resend
+    resent = sent(r2.timeout(TimerKind.RESEND, _token(r2, TimerKind.RESEND)))
+    resent += sent(r2.timeout(TimerKind.RESEND, _token(r2, TimerKind.RESEND)))
+    assert first_prepare in resent
+
+
+def _token(r: Replica, kind: TimerKind) -> int:
+    return r._timer_tokens[kind]
+
+
+def test_flood_of_future_messages_keeps_memory_bounded() -> None:
+    r, _ = make_replica(1)
+    d = bytes([7]) * 32
+    for h in range(1, 3000, 29):
+        for v in range(0, 30, 5):
+            r.receive(signed(2, Prepare(v, h, d)))
+            r.receive(signed(3, Commit(v, h, d)))
+    s = r.statistics()
+    assert r.buffered_heights() <= sim_config().effective_log_window
+    assert s.dropped_out_of_window > 0 and s.dropped_over_cap > 0
+    # per-sender cap: no slot holds more than the cap of votes from one sender
+    cap = sim_config().max_votes_per_sender_slot
+    assert all(n <= cap for s_ in r._slots.values() for n in s_.per_sender.values())
+
+
+def _cert(height: int, digest: bytes, signers: list[int], view: int = 0) -> CommitCertificate:
+    msg = sign_bytes(CHAIN_ID, Commit(view, height, digest))
+    sigs = [VoteSig(KEYS[i].public_key, KEYS[i].sign(msg)) for i in signers]
+    return CommitCertificate(height, view, digest, sigs)
+
+
+def test_forged_certificates_are_rejected_and_a_real_one_accepted() -> None:
+    r, _ = make_replica(1)
+    b, d = block(1, GENESIS)
+    too_few = _cert(1, d, [0, 2])
+    garbage = CommitCertificate(
+        1, 0, d, [VoteSig(KEYS[i].public_key, bytes(64)) for i in (0, 2, 3)]
+    )
+    wrong_digest = _cert(1, bytes(32), [0, 2, 3])
+    duplicated = CommitCertificate(1, 0, d, [too_few.commits[0]] * 3)
+    for cert in (too_few, garbage, wrong_digest, duplicated):
+        effects = r.receive(signed(2, StateResponse([CommittedBlock(b, cert)])))
+        assert not [e for e in effects if isinstance(e, CommitBlock)]
+    assert r.statistics().forged_certificates == 4
+    assert r.committed == 0
+    effects = r.receive(signed(3, StateResponse([CommittedBlock(b, _cert(1, d, [0, 2, 3]))])))
+    assert [e.height for e in effects if isinstance(e, CommitBlock)] == [1]
+
+
+def test_status_from_a_lagging_peer_is_answered_with_blocks() -> None:
+    r, app = make_replica(1)
+    b, d = block(1, GENESIS)
+    cert = _cert(1, d, [0, 2, 3])
+    for e in r.receive(signed(3, StateResponse([CommittedBlock(b, cert)]))):
+        if isinstance(e, CommitBlock):
+            app.commit(e.height, e.block, codec.encode(e.certificate))
+            r.executed(e.height, app.storage.state)
+    out = sent(r.receive(signed(2, Status(0, 0))))
+    resp = [e.payload for e in out if isinstance(e.payload, StateResponse)]
+    assert resp and resp[0].blocks[0].certificate == cert

@@ -1,0 +1,113 @@
+"""The Trio service around the core: effects performed in order, on MockClock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from consensus.core import Replica
+from consensus.service import ConsensusService
+from consensus.testing import CHAIN_ID, ToyApp, ToyStorage, genesis_digest, sim_config
+from consensus.validators import ValidatorSet
+from consensus.wal import FileWAL
+from ledger.hashing import sha256
+from ledger.keys import KeyPair
+
+from .helpers import tx
+
+N = 4
+KEYS = [KeyPair.from_seed(sha256(b"svc:%d" % i)) for i in range(N)]
+VS = ValidatorSet(CHAIN_ID, [k.public_key for k in KEYS])
+
+
+class FakeTransport:
+    """Delivers straight into the peers' input channels; ``down`` peers get nothing."""
+
+    def __init__(self, me: bytes, services: dict[bytes, ConsensusService], down: set[bytes]):
+        self.me, self.services, self.down = me, services, down
+
+    async def send_to(self, peer: bytes, data: bytes) -> None:
+        if peer not in self.down and self.me not in self.down:
+            self.services[peer].deliver_nowait(data)
+        await trio.lowlevel.checkpoint()
+
+    async def broadcast(self, data: bytes) -> None:
+        for peer in self.services:
+            if peer != self.me:
+                await self.send_to(peer, data)
+
+
+def _cluster(
+    tmp_path: Path, down: set[bytes], *, threads: bool = True
+) -> tuple[list[ConsensusService], list[ToyApp]]:
+    services: dict[bytes, ConsensusService] = {}
+    apps = []
+    for i, key in enumerate(KEYS):
+        app = ToyApp(ToyStorage())
+        wal = FileWAL(tmp_path / f"wal{i}")
+        replica = Replica(sim_config(), key, VS, app, genesis_digest=genesis_digest(),
+                          wal_records=wal.records())
+        services[key.public_key] = ConsensusService(
+            replica, app, wal, FakeTransport(key.public_key, services, down), threads=threads
+        )
+        apps.append(app)
+    return list(services.values()), apps
+
+
+async def _submit(services: list[ConsensusService], apps: list[ToyApp], count: int) -> None:
+    for _ in range(count):
+        t = tx()
+        for svc, app in zip(services, apps, strict=True):
+            app.submit(t)
+            svc.notify_pending()
+        await trio.sleep(0.001)
+
+
+async def test_cluster_of_services_commits(tmp_path: Path) -> None:
+    services, apps = _cluster(tmp_path, set())
+    async with trio.open_nursery() as nursery:
+        for svc in services:
+            await nursery.start(svc.run)
+        await _submit(services, apps, 20)
+        with trio.fail_after(60):
+            for svc, app in zip(services, apps, strict=True):
+                while len(app.committed_txs) < 20:
+                    await svc.wait_committed(svc.executed_height + 1)
+        nursery.cancel_scope.cancel()
+    heights = {a.storage.height for a in apps}
+    assert len(heights) == 1
+    assert len({tuple(d for d, _, _ in a.storage.blocks) for a in apps}) == 1
+    stats = services[1].statistics()
+    assert stats.wal_syncs > 0
+    assert stats.replica.committed_height == heights.pop()
+    # every own vote reached the file before it was sent: the WAL replays
+    assert FileWAL(tmp_path / "wal1").records()
+
+
+async def test_crashed_primary_is_replaced_on_mock_clock(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    down = {KEYS[0].public_key}
+    # no worker threads: under autojump a thread would look idle and time would jump
+    services, apps = _cluster(tmp_path, down, threads=False)
+    async with trio.open_nursery() as nursery:
+        for svc in services[1:]:
+            await nursery.start(svc.run)
+        await _submit(services[1:], apps[1:], 5)
+        with trio.fail_after(60):  # simulated seconds: view change takes ~0.4 s
+            for svc in services[1:]:
+                await svc.wait_committed(1)
+        nursery.cancel_scope.cancel()
+    assert all(s.replica.view >= 1 for s in services[1:])
+    assert trio.current_time() < 60
+
+
+async def test_full_input_queue_drops_and_counts(tmp_path: Path) -> None:
+    services, _ = _cluster(tmp_path, set())
+    svc = services[0]
+    small = ConsensusService(svc.replica, svc.app, svc.wal, svc.transport, input_capacity=2)
+    assert small.deliver_nowait(b"a") and small.deliver_nowait(b"b")
+    assert not small.deliver_nowait(b"c")
+    assert small.statistics().inputs_dropped == 1
