@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -42,7 +42,13 @@ from ledger import codec
 from ledger.apply import ApplyContext, check_tx_against_state
 from ledger.blob import MAX_BLOB_SIZE, check_blob_for_tx
 from ledger.codec import Record
-from ledger.errors import LedgerError, NonceGapError, NonceReplayError, StateRuleError
+from ledger.errors import (
+    BadSignatureError,
+    LedgerError,
+    NonceGapError,
+    NonceReplayError,
+    StateRuleError,
+)
 from ledger.state import StateView
 from ledger.tx import Tx, tx_hash
 from ledger.validate import check_tx_bytes
@@ -165,6 +171,7 @@ class MempoolSettings:
     recheck_budget_txs: int = 20_000
     ttl_blocks: int = 600  # evict what stayed unincludable this many blocks
     max_waiters: int = 10_000
+    recent_commits: int = 50_000  # hashes remembered after commit, for late waiters
     outbox_size: int = 4096  # locally submitted txs queued for gossip
     gossip_batch_bytes: int = 64 * 1024
     gossip_batch_interval_s: float = 0.02
@@ -291,6 +298,7 @@ class Mempool:
         self._seq = 0
         self._recheck: deque[bytes] = deque()
         self._waiters: dict[bytes, list[_Waiter]] = {}
+        self._recent: OrderedDict[bytes, Committed] = OrderedDict()
         self._n_waiters = 0
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[tuple[bytes, bytes | None]](
             self.settings.outbox_size
@@ -316,6 +324,8 @@ class Mempool:
         except LedgerError as exc:
             self._rejected_total += 1
             self._metrics.txs_rejected.labels(exc.code).inc()
+            if isinstance(exc, BadSignatureError):
+                self._metrics.invalid_signatures.labels("tx").inc()
             raise
         self._accepted_total += 1
         self._metrics.txs_accepted.labels(source).inc()
@@ -326,6 +336,8 @@ class Mempool:
         txh = tx_hash(tx_bytes)  # dedup before any costly check
         if txh in self._by_hash:
             raise AlreadyKnownError(txh)
+        if len(self._by_hash) >= self.settings.max_txs:  # full: spend no verification
+            raise MempoolFullError(f"mempool holds {len(self._by_hash)} txs")
         tx, checked_hash = self._checker.check_stateless(tx_bytes, blob)
         assert checked_hash == txh, "checker hashed different bytes"
         self._check_nonce(tx)
@@ -531,9 +543,20 @@ class Mempool:
             if entry is not None:
                 self._remove(entry)
                 self._metrics.commit_latency.observe(max(0.0, now - entry.admitted_at))
-            self._wake(txh, result=Committed(height, index))
+            where = Committed(height, index)
+            self._remember(txh, where)
+            self._wake(txh, result=where)
         self._recheck_some()
         self._update_gauges()
+
+    def _remember(self, txh: bytes, where: Committed) -> None:
+        self._recent[txh] = where
+        if len(self._recent) > self.settings.recent_commits:
+            self._recent.popitem(last=False)
+
+    def recently_committed(self, txh: bytes) -> Committed | None:
+        """Where ``txh`` committed, if it was among the last ``recent_commits`` commits."""
+        return self._recent.get(txh)
 
     def _recheck_some(self) -> None:
         s = self.settings
@@ -588,10 +611,16 @@ class Mempool:
     async def wait_committed(self, txh: bytes) -> Committed:
         """Block until ``txh`` commits; raise the error that evicted it instead.
 
+        Returns at once for a tx among the recent commits (see
+        :meth:`recently_committed`); older commits are the block store's business.
+
         Bound the wait with a cancel scope (``trio.move_on_after``); the waiter
         is removed when cancelled. Raises :class:`BusyError` when too many
         clients already wait.
         """
+        done = self._recent.get(txh)
+        if done is not None:  # committed before the client started waiting
+            return done
         if self._n_waiters >= self.settings.max_waiters:
             raise BusyError(f"{self._n_waiters} clients already wait for commits")
         waiter = _Waiter()

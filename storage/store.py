@@ -412,11 +412,9 @@ _STATE = Namespace.STATE.value
 _TREE = Namespace.TREE.value
 _BLOB = Namespace.BLOB.value
 
+# Exact key length per namespace (namespaces missing here have free-form keys).
 _KEY_SIZES: dict[Namespace, int] = {
-    Namespace.BLOCK: 1 + schema.HEIGHT_SIZE,
-    Namespace.BLOCK_HASH: 1 + schema.HEIGHT_SIZE,
-    Namespace.CERTIFICATE: 1 + schema.HEIGHT_SIZE,
-    Namespace.RESULTS: 1 + schema.HEIGHT_SIZE,
+    **dict.fromkeys(schema.HEIGHT_NAMESPACES, 1 + schema.HEIGHT_SIZE),
     Namespace.HEIGHT_BY_HASH: 1 + HASH_SIZE,
     Namespace.TX_LOCATION: 1 + HASH_SIZE,
     Namespace.BLOB: 1 + HASH_SIZE,
@@ -523,6 +521,8 @@ class _Verifier:
             raise CorruptionError("last_block_hash does not match the block at last_height")
         if Meta.STATE_ROOT.value not in self.meta:
             raise CorruptionError("state root missing")
+        if self.meta[Meta.STATE_ROOT.value] != self._store.state_root_at(last):
+            raise CorruptionError("state_root does not match the root stored at last_height")
         outside = sorted(h for h in self.tx_heights if not base <= h <= last)[:5]
         if outside:
             raise CorruptionError(f"tx index points outside the chain: heights {outside}")

@@ -274,6 +274,12 @@ class Transport:
     ``batch_validator(origin_public_key, data)`` is the cheap synchronous
     check a gossiped batch must pass before it is forwarded; reject only what
     is definitely invalid (a rejection is cached by message id for 300 s).
+
+    What arrives is read from two bounded Trio channels: ``messages`` yields
+    ``(sender_public_key, frame)`` from direct streams (and our own
+    ``send_to`` to ourselves), ``batches`` yields ``(origin_public_key,
+    batch)`` from gossip (never our own batches). Not reading them stalls the
+    peers' streams: that is the backpressure.
     """
 
     def __init__(

@@ -24,9 +24,10 @@ BASE = int(os.environ.get("MEDLEDGER_SIM_SEED_BASE", "0"))
 CHUNK = 25
 
 
-def _run_chunk(n: int, scenario: str, start: int) -> None:
+
+def _run_chunk(n: int, scenario: str, start: int, count: int) -> None:
     failures = []
-    for seed in range(BASE + start, BASE + start + CHUNK):
+    for seed in range(BASE + start, BASE + start + count):
         result = run_schedule(seed, n, scenario)
         if not result.ok:
             failures.append(
@@ -36,20 +37,34 @@ def _run_chunk(n: int, scenario: str, start: int) -> None:
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("start", range(0, 250, CHUNK))
-@pytest.mark.parametrize("scenario", ["faults", "byzantine"])
-def test_n4_schedules(scenario: str, start: int) -> None:
-    """500 schedules for n = 4 (f = 1)."""
-    _run_chunk(4, scenario, start)
+# (scenario, first seed, count): 500 schedules for n = 4, 100 for n = 7
+N4 = [("faults", 0, 200), ("byzantine", 0, 150), ("chaos", 0, 150)]
+N7 = [("faults", 1000, 40), ("byzantine", 1000, 30), ("chaos", 1000, 30)]
+
+
+def _chunks(plan: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    return [
+        (scenario, start, min(CHUNK, first + count - start))
+        for scenario, first, count in plan
+        for start in range(first, first + count, CHUNK)
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start", range(1000, 1050, CHUNK))
-@pytest.mark.parametrize("scenario", ["faults", "byzantine"])
-def test_n7_schedules(scenario: str, start: int) -> None:
-    """100 schedules for n = 7 (f = 2)."""
-    _run_chunk(7, scenario, start)
+@pytest.mark.parametrize(("scenario", "start", "count"), _chunks(N4))
+def test_n4_schedules(scenario: str, start: int, count: int) -> None:
+    _run_chunk(4, scenario, start, count)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scenario", "start", "count"), _chunks(N7))
+def test_n7_schedules(scenario: str, start: int, count: int) -> None:
+    _run_chunk(7, scenario, start, count)
+
+
+def test_plan_sizes() -> None:
+    assert sum(c for *_, c in _chunks(N4)) >= 500
+    assert sum(c for *_, c in _chunks(N7)) >= 100
 
 
 def test_a_few_schedules_in_the_fast_suite() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from ledger.consent import (
@@ -153,6 +153,7 @@ def decide(w: World) -> AccessDecision:
 @given(worlds())
 def test_agrees_with_reference_model(w: World) -> None:
     decision = decide(w)
+    event(decision.reason)
     expected = model(w.record, w.reader, w.grants, w.time_ms, w.height, w.purpose, w.policy,
                      w.consent_id, w.reason)
     assert (decision.allowed, decision.emergency) == expected

@@ -227,6 +227,9 @@ async def test_update_evicts_committed_and_wakes_waiters() -> None:
         checker.nonces[key(1).public_key] = 2
         mp.update(7, [b"\x00" * 32, hashes[1], hashes[0]])
     assert results == {hashes[1]: Committed(7, 1), hashes[0]: Committed(7, 2)}
+    assert await mp.wait_committed(hashes[0]) == Committed(7, 2)  # late waiter: at once
+    assert mp.recently_committed(b"\x00" * 32) == Committed(7, 0)
+    assert mp.recently_committed(hashes[2]) is None
     assert len(mp) == 1 and hashes[2] in mp
     assert mp.statistics().waiters == 0 and mp.statistics().height == 7
     assert metrics.registry.get_sample_value("medledger_commit_latency_seconds_count") == 2
@@ -426,7 +429,7 @@ class DictState:
         return None
 
 
-def real_pool() -> tuple[Mempool, SigCache]:
+def real_pool(metrics: NodeMetrics | None = None) -> tuple[Mempool, SigCache]:
     org = key(100)
     genesis = Genesis(
         chain_id=CHAIN,
@@ -440,11 +443,12 @@ def real_pool() -> tuple[Mempool, SigCache]:
     cache = SigCache()
     ctx = ApplyContext(CHAIN, BreakGlassPolicy(True, frozenset({"BTG"})), sig_cache=cache)
     checker = LedgerTxChecker(state, ctx, time_ms=genesis.genesis_time_ms)
-    return Mempool(checker), cache
+    return Mempool(checker, metrics=metrics), cache
 
 
 async def test_real_ledger_checks() -> None:
-    mp, cache = real_pool()
+    metrics = NodeMetrics()
+    mp, cache = real_pool(metrics)
     good = [tx(100, n, patient=n) for n in range(3)]
     for data in reversed(good):  # ahead-of-nonce txs are held
         mp.add(data)
@@ -456,6 +460,9 @@ async def test_real_ledger_checks() -> None:
     forged = Tx(forged.chain_id, forged.sender, forged.nonce, forged.body, bytes(64))
     with pytest.raises(BadSignatureError):
         mp.add(forged.encode())
+    assert (
+        metrics.registry.get_sample_value("medledger_invalid_signatures_total", {"kind": "tx"}) == 1
+    )
     with pytest.raises(DecodeError):
         mp.add(b"\x00garbage")
     # a peer batch with our own txs: duplicates, refused before any verification

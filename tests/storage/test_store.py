@@ -253,8 +253,10 @@ BROKEN_CHAINS = {
     ),
     "unknown prefix": lambda s: s.kv.write([(b"\x00junk", b"x")], sync=True),
     "short height key": lambda s: put_sealed(s, Namespace.RESULTS.value + b"\x01", b"x"),
+    "short root key": lambda s: put_sealed(s, Namespace.STATE_ROOT.value + b"\x01", b"x"),
     "last hash mismatch": lambda s: put_sealed(s, schema.meta_key(Meta.LAST_BLOCK_HASH), b"x" * 32),
     "no state root": lambda s: remove(s, schema.meta_key(Meta.STATE_ROOT)),
+    "state root mismatch": lambda s: put_sealed(s, schema.meta_key(Meta.STATE_ROOT), b"r" * 32),
 }
 
 
