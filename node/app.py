@@ -22,6 +22,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -55,9 +56,11 @@ from node.config import Config
 from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
 from node.keyfile import load_key_file
 from node.ledger_app import CommitInfo, LedgerApplication, open_chain
+from node.logs import configure_logging
 from node.mempool import LedgerTxChecker, Mempool, MempoolSettings
 from node.metrics import NodeMetrics
 from node.p2p import Transport
+from node.watchdog import run_stall_watchdog
 from storage.store import Store, open_leveldb, open_memory
 
 if TYPE_CHECKING:
@@ -165,6 +168,9 @@ class Node:
                 max_txs=m.max_txs,
                 max_bytes=m.max_bytes,
                 recheck_budget_s=m.recheck_budget_s,
+                # A hospital signs all its registrations with one key: its node must
+                # hold a deep queue of that sender's nonces (still bounded by max_txs).
+                max_nonces_ahead=min(m.max_txs, 10_000),
                 gossip_batch_bytes=config.p2p.gossip_batch_bytes,
                 gossip_batch_interval_s=config.p2p.gossip_batch_interval_s,
             ),
@@ -231,6 +237,7 @@ class Node:
                 nursery.start_soon(self._pump_batches)
                 await nursery.start(p.mempool.run_gossip, p.transport.publish_batch)
                 nursery.start_soon(self._refresh_gauges)
+                await nursery.start(partial(run_stall_watchdog, metrics=p.metrics))
                 api = create_app(
                     NodeFacadeImpl(self),
                     ApiSettings(
@@ -311,6 +318,20 @@ class Node:
         n = len(p.genesis.validators)
         f = (n - 1) // 3
         return len(p.transport.connected_peers()) + 1 >= 2 * f + 1
+
+
+def _quiet_libp2p(modules: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """py-libp2p logs every failed dial at WARNING; a validator that is down is
+    already visible in ``medledger_p2p_peers``. ``[logging] modules`` overrides."""
+    quiet = [("libp2p", "error"), ("multiaddr", "error")]
+    given = {name for name, _ in modules}
+    return [m for m in quiet if m[0] not in given] + list(modules)
+
+
+def _drop_root_logger_noise(record: logging.LogRecord) -> bool:
+    """py-libp2p also logs through the root logger itself (``logging.warning``);
+    our modules never do, so below ERROR those records are its dial chatter."""
+    return record.name != "root" or record.levelno >= logging.ERROR
 
 
 def ledger_genesis(doc: GenesisDoc) -> Genesis:
@@ -453,5 +474,10 @@ def codec_tx_hash(tx: Tx) -> bytes:
 
 def run(config: Config, doc: GenesisDoc, key: KeyPair) -> None:
     """``medledger start``: assemble, run until SIGTERM/SIGINT, close cleanly."""
+    lc = config.logging
+    handler = configure_logging(
+        lc.level, json_output=lc.json, modules=_quiet_libp2p(lc.modules)
+    )
+    handler.addFilter(_drop_root_logger_noise)
     node = Node.open(config, doc=doc, key=key)
     trio.run(node.run)

@@ -32,6 +32,7 @@ from ledger.tx import GrantConsent, RegisterPatient, Tx, make_tx, tx_hash
 class PreparedTx:
     hash: bytes
     data: bytes
+    lane: int = 0  # the submitter (e.g. hospital) this tx comes from; see run_load
 
 
 def prepare_registrations(
@@ -49,7 +50,7 @@ def prepare_registrations(
         patient = KeyPair.from_seed(_seed32(seed, i))
         tx = make_tx(org, chain_id, nonces[k], RegisterPatient(patient.public_key))
         nonces[k] += 1
-        out.append(_prepared(tx))
+        out.append(_prepared(tx, lane=k))
     return out
 
 
@@ -70,7 +71,7 @@ def prepare_consents(
             not_after_ms=2**62,
             emergency_allowed=False,
         )
-        out.append(_prepared(make_tx(patient, chain_id, 0, body)))
+        out.append(_prepared(make_tx(patient, chain_id, 0, body), lane=i))
     return out
 
 
@@ -78,9 +79,9 @@ def _seed32(seed: int, i: int) -> bytes:
     return (seed.to_bytes(8, "big") + i.to_bytes(8, "big")) * 2
 
 
-def _prepared(tx: Tx) -> PreparedTx:
+def _prepared(tx: Tx, lane: int) -> PreparedTx:
     data = codec.encode(tx)
-    return PreparedTx(tx_hash(data), data)
+    return PreparedTx(tx_hash(data), data, lane)
 
 
 @dataclass
@@ -125,9 +126,20 @@ class LoadReport:
         }
 
 
-def _chunks(items: Sequence[PreparedTx], size: int) -> Iterator[Sequence[PreparedTx]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def _schedule(
+    txs: Sequence[PreparedTx], n_nodes: int, per_tick: int
+) -> Iterator[list[tuple[int, list[PreparedTx]]]]:
+    """Per tick: (node index, txs) pairs, taking txs in order.
+
+    A lane always goes to the same node (``lane % n_nodes``), the way a
+    hospital's application talks to its own hospital's node: a sender's
+    nonces then arrive in order at one mempool instead of racing gossip.
+    """
+    for start in range(0, len(txs), per_tick):
+        by_node: dict[int, list[PreparedTx]] = {}
+        for p in txs[start : start + per_tick]:
+            by_node.setdefault(p.lane % n_nodes, []).append(p)
+        yield sorted(by_node.items())
 
 
 async def run_load(
@@ -151,10 +163,12 @@ async def run_load(
             t0 = time.monotonic()
             report.first_submit = t0
             async with trio.open_nursery() as nursery:
-                for n, chunk in enumerate(_chunks(txs, per_tick)):
+                for n, tick in enumerate(_schedule(txs, len(node_urls), per_tick)):
                     await trio.sleep_until(_trio_deadline(t0 + n * tick_s))
-                    url = node_urls[n % len(node_urls)]
-                    nursery.start_soon(_submit_chunk, client, url, chunk, report, submitted_at)
+                    for node, chunk in tick:
+                        nursery.start_soon(
+                            _submit_chunk, client, node_urls[node], chunk, report, submitted_at
+                        )
 
         async def follow() -> None:
             height = start_height

@@ -391,14 +391,14 @@ class Mempool:
         """:meth:`submit` for a batch: one result (hash or error) per item, in order."""
         results: list[bytes | LedgerError] = []
         for n, (tx_bytes, blob) in enumerate(items):
+            if n % 64 == 63:
+                await trio.lowlevel.checkpoint()  # signature checks: let others run
             try:
                 results.append(self.add(tx_bytes, blob, source="local"))
             except LedgerError as exc:
                 results.append(exc)
                 continue
             await self._queue_gossip(tx_bytes, blob)
-            if n % 64 == 63:
-                await trio.lowlevel.checkpoint()  # signature checks: let others run
         return results
 
     async def _queue_gossip(self, tx_bytes: bytes, blob: bytes | None) -> None:
@@ -433,6 +433,8 @@ class Mempool:
         batch = decode_batch(data, self.settings.max_batch_message_bytes)
         accepted = duplicates = rejected = 0
         for n, item in enumerate(batch.items):
+            if n % 64 == 63:
+                await trio.lowlevel.checkpoint()
             try:
                 self.add(item.tx, item.blob, source=source)
                 accepted += 1
@@ -440,8 +442,6 @@ class Mempool:
                 duplicates += 1
             except LedgerError:
                 rejected += 1
-            if n % 64 == 63:
-                await trio.lowlevel.checkpoint()
         return BatchOutcome(accepted, duplicates, rejected)
 
     # -- queries -------------------------------------------------------------------

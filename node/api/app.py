@@ -172,6 +172,14 @@ def json_response(value: object, status: int = 200) -> Response:
 
 # --- the route wrapper --------------------------------------------------------------------
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """A closed set for the metrics label: clients choose the method string."""
+    return method if method in _METHODS else "OTHER"
+
+
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
@@ -202,7 +210,9 @@ def _route_class(metrics: NodeMetrics) -> type[APIRoute]:
                         "".join(traceback.format_tb(exc.__traceback__)),
                     )
                     response = error_response(500, "INTERNAL", "internal error")
-                metrics.api_requests.labels(route, request.method, str(response.status_code)).inc()
+                metrics.api_requests.labels(
+                    route, method_label(request.method), str(response.status_code)
+                ).inc()
                 metrics.api_latency.labels(route).observe(time.perf_counter() - start)
                 return response
 
@@ -249,7 +259,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _unrouted(request: Request, exc: StarletteHTTPException) -> Response:
-        m.api_requests.labels("unmatched", request.method, str(exc.status_code)).inc()
+        m.api_requests.labels("unmatched", method_label(request.method), str(exc.status_code)).inc()
         return _http_error(exc)
 
     @app.exception_handler(RequestValidationError)

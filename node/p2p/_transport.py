@@ -213,8 +213,9 @@ class _Peer:
     def notify_queue(self) -> None:
         self._queue_event.set()
 
-    async def wait_queue(self) -> None:
-        while not self.queue:
+    async def wait_work(self, generation: int) -> None:
+        """Until there is a frame to send or the connection generation moved on."""
+        while not self.queue and self.generation == generation:
             self._queue_event = trio.Event()
             await self._queue_event.wait()
 
@@ -553,6 +554,7 @@ class Transport:
         if peer is not None:
             if not connected:
                 peer.generation += 1
+                peer.notify_queue()  # wake the sender so it drops its stream
             peer.notify_change()
             return
         if connected and peer_id not in self._allowed_ids:
@@ -619,13 +621,17 @@ class Transport:
     # -- direct streams ----------------------------------------------------------------
 
     async def _sender(self, peer: _Peer) -> None:
-        """Drain ``peer``'s queue into one persistent stream; reopen it when it breaks."""
+        """Drain ``peer``'s queue into one persistent stream; reopen it when it breaks.
+
+        The stream is opened as soon as a connection exists, not when the first
+        frame is queued, so a PBFT message after a (re)connect does not also
+        pay for stream negotiation.
+        """
         backoff = self._config.dial_backoff_initial_s
         while True:
-            await peer.wait_queue()
             # Connections are _keep_connected's job; new_stream would dial on its own.
-            if not await self._wait_connected(peer, _OPEN_STREAM_TIMEOUT_S):
-                continue
+            while not self._is_connected(peer):
+                await peer.wait_change()
             try:
                 with trio.fail_after(_OPEN_STREAM_TIMEOUT_S):
                     stream = await self._host.new_stream(peer.peer_id, [CONSENSUS_PROTOCOL])
@@ -640,7 +646,7 @@ class Transport:
             generation = peer.generation
             try:
                 while True:
-                    await peer.wait_queue()
+                    await peer.wait_work(generation)
                     if peer.generation != generation:
                         break  # a connection to this peer was lost: reopen first
                     chunk, count = self._take_frames(peer)

@@ -129,7 +129,7 @@ def test_flood_of_future_messages_keeps_memory_bounded() -> None:
     r, _ = make_replica(1)
     d = bytes([7]) * 32
     for h in range(1, 3000, 29):
-        for v in range(0, 30, 5):
+        for v in range(0, 60, 5):
             r.receive(signed(2, Prepare(v, h, d)))
             r.receive(signed(3, Commit(v, h, d)))
     s = r.statistics()
@@ -175,3 +175,50 @@ def test_status_from_a_lagging_peer_is_answered_with_blocks() -> None:
     out = sent(r.receive(signed(2, Status(0, 0))))
     resp = [e.payload for e in out if isinstance(e.payload, StateResponse)]
     assert resp and resp[0].blocks[0].certificate == cert
+
+
+def _vc(i: int, view: int) -> bytes:
+    from consensus.messages import CheckpointProof, ViewChange
+
+    from .helpers import GENESIS
+
+    return signed(i, ViewChange(view, CheckpointProof(0, GENESIS, bytes(32), []), []))
+
+
+def test_one_bogus_view_change_does_not_move_a_replica_but_f_plus_1_do() -> None:
+    from consensus.messages import ViewChange
+
+    r, _ = make_replica(1)
+    assert sent(r.receive(_vc(2, 5))) == []
+    assert not r.in_view_change
+    out = sent(r.receive(_vc(3, 7)))
+    # f + 1 = 2 replicas want a view > 0: join the lowest view both are beyond
+    vcs = [e.payload for e in out if isinstance(e.payload, ViewChange)]
+    assert [v.new_view for v in vcs] == [5]
+    assert r.in_view_change and r.vc_target == 5
+
+
+def test_new_view_is_verified_by_recomputation() -> None:
+    from consensus.messages import NewView, SignedViewChange, ViewChange
+
+    from .helpers import GENESIS
+
+    def svc(i: int) -> SignedViewChange:
+        from consensus.messages import CheckpointProof, sign
+
+        env = sign(KEYS[i], CHAIN_ID, ViewChange(1, CheckpointProof(0, GENESIS, bytes(32), []), []))
+        assert isinstance(env.payload, ViewChange)
+        return SignedViewChange(env.sender, env.payload, env.signature)
+
+    r, _ = make_replica(2)
+    # too few view changes
+    r.receive(signed(1, NewView(1, [svc(0), svc(1)])))
+    # not from the primary of view 1 (validator 1)
+    r.receive(signed(3, NewView(1, [svc(0), svc(1), svc(3)])))
+    # a forged view change inside
+    bad = svc(3)
+    bad = SignedViewChange(bad.sender, bad.view_change, bytes(64))
+    r.receive(signed(1, NewView(1, [svc(0), svc(1), bad])))
+    assert r.view == 0 and r.statistics().invalid_messages == 3
+    r.receive(signed(1, NewView(1, [svc(0), svc(1), svc(3)])))
+    assert r.view == 1 and not r.in_view_change

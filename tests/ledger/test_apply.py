@@ -276,7 +276,8 @@ def test_registration_rules() -> None:
 def test_nonce_and_sender_failures_change_nothing() -> None:
     chain = Chain.new()
     stranger = key("stranger")
-    before = dict(chain.store.state) if isinstance(chain.store, DictState) else None
+    assert isinstance(chain.store, DictState)
+    before = dict(chain.store.state)
     block_txs = [
         make_tx(stranger, CHAIN, 0, RegisterPatient(PAT.public_key)),  # unknown sender
         make_tx(HOSP_A, CHAIN, 1, RegisterPatient(PAT.public_key)),  # gap
@@ -299,7 +300,7 @@ def test_nonce_and_sender_failures_change_nothing() -> None:
     assert len(touched) == 1
     view = chain.view()
     assert view.identity(PAT.public_key) is None
-    assert before is None or chain.store.state == before  # apply itself wrote nothing
+    assert isinstance(chain.store, DictState) and chain.store.state == before  # untouched
 
 
 def test_empty_block_keeps_root() -> None:
@@ -586,9 +587,14 @@ def test_tree_must_match_state() -> None:
 
 
 def test_print_apply_cost_per_tx_for_500_tx_block(capsys: pytest.CaptureFixture[str]) -> None:
-    """Prints apply and commit cost per tx; signatures are pre-verified (cached)."""
+    """Prints apply and commit cost per tx; signatures are pre-verified (cached).
+
+    apply is pure, so the same block is applied several times and the best
+    CPU time is printed (the machine is shared). The block: 250 AnchorRecord
+    and 250 GrantConsent txs from 252 senders.
+    """
     cache = SigCache()
-    chain = Chain.new(sig_cache=cache)
+    chain = Chain.new(SortedState(), sig_cache=cache)
     orgs = [HOSP_A, HOSP_B]
     patients = [key(f"bench-pat-{i}") for i in range(250)]
     docs = [key(f"bench-doc-{i}") for i in range(50)]
@@ -606,16 +612,19 @@ def test_print_apply_cost_per_tx_for_500_tx_block(capsys: pytest.CaptureFixture[
     block = chain.block(txs)
     for tx in txs:  # exclude signature checks: as if the mempool verified them
         cache.add(tx.hash())
-    t0 = time.perf_counter()
-    result = apply_block(chain.store, block, chain.ctx, chain.tree)
-    t1 = time.perf_counter()
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        result = apply_block(chain.store, block, chain.ctx, chain.tree)
+        best = min(best, time.process_time() - t0)
+    t1 = time.process_time()
     chain.store.commit(result)
-    t2 = time.perf_counter()
+    commit = time.process_time() - t1
     assert {r.code for r in result.results} == {"OK"}
     n = len(txs)
     with capsys.disabled():
-        print(f"\n[apply] {n}-tx block: apply {1e6 * (t1 - t0) / n:.1f} us/tx, "
-              f"in-memory commit {1e6 * (t2 - t1) / n:.1f} us/tx, "
+        print(f"\n[apply] {n}-tx block: apply {1e6 * best / n:.1f} us/tx (best of 5, CPU time), "
+              f"in-memory test-store commit {1e6 * commit / n:.1f} us/tx; "
               f"{len(result.state_writes)} state writes, {len(result.tree_writes)} tree writes")
 
 

@@ -99,45 +99,55 @@ def readers() -> st.SearchStrategy[ReaderFacts]:
 
 
 @st.composite
-def grants(draw: st.DrawFn) -> Candidate:
-    start = draw(st.integers(0, 100))
+def grants(draw: st.DrawFn, record: RecordFacts, reader: ReaderFacts) -> Candidate:
+    """A grant that is often *almost* right: each field matches with high odds."""
+
+    def likely(good: object, other: st.SearchStrategy[object]) -> object:
+        return good if draw(st.sampled_from((True, True, True, False))) else draw(other)
+
+    principal = reader.clinician_of if reader.clinician_of and draw(st.booleans()) else reader.key
+    start = draw(st.sampled_from(range(0, 61, 5)))
+    scope_cat = likely([record.category], st.lists(st.sampled_from(CATEGORIES), max_size=2))
+    scope_ids = draw(st.sets(st.sampled_from(RECORD_IDS), max_size=1))
     grant = GrantConsent(
-        consent_id=draw(st.sampled_from(CONSENT_IDS)),
-        grantee=draw(st.sampled_from([ORGS[1], ORGS[1], *CLINICIANS, OUTSIDER, ORGS[0]])),
-        categories=sorted(draw(st.sets(st.sampled_from(CATEGORIES), max_size=2))),
-        record_ids=sorted(draw(st.sets(st.sampled_from(RECORD_IDS), max_size=1))),
+        consent_id=draw(st.sampled_from(CONSENT_IDS[:3])),
+        grantee=likely(principal, st.sampled_from([*ORGS, *CLINICIANS, OUTSIDER])),  # type: ignore[arg-type]
+        categories=sorted(set(scope_cat)),  # type: ignore[call-overload]
+        record_ids=sorted(scope_ids),
         purpose=draw(st.sampled_from(PURPOSES)),
         not_before_ms=start,
-        not_after_ms=start + draw(st.integers(1, 100)),
+        not_after_ms=start + draw(st.sampled_from(range(1, 141, 7))),
         emergency_allowed=draw(st.booleans()),
     )
-    revoked = draw(st.one_of(st.none(), st.integers(0, 12)))
-    patient = draw(st.sampled_from([PATIENTS[0], PATIENTS[0], PATIENTS[0], PATIENTS[1]]))
-    return Candidate(patient, grant, revoked)
+    revoked = None if draw(st.integers(0, 2)) else draw(st.integers(0, 12))
+    patient = likely(record.patient, st.sampled_from(PATIENTS))
+    return Candidate(patient, grant, revoked)  # type: ignore[arg-type]
 
 
 @st.composite
 def worlds(draw: st.DrawFn) -> World:
     record = RecordFacts(
         draw(st.sampled_from(RECORD_IDS)),
-        draw(st.sampled_from([PATIENTS[0], PATIENTS[0], PATIENTS[0], PATIENTS[1]])),
+        draw(st.sampled_from(PATIENTS)),
         draw(st.sampled_from(CATEGORIES)),
         draw(st.sampled_from([ORGS[0], ORGS[0], ORGS[0], ORGS[1]])),
-        draw(st.integers(0, 19)) == 0,  # erased, one time in twenty
+        draw(st.sampled_from([True] + [False] * 19)),  # erased, one time in twenty
     )
+    reader = draw(readers())
     emergency = draw(st.integers(0, 2)) == 0
     return World(
         record=record,
-        reader=draw(readers()),
-        grants=draw(st.lists(grants(), max_size=8)),
-        time_ms=draw(st.integers(0, 200)),
+        reader=reader,
+        grants=draw(st.lists(grants(record, reader), min_size=draw(st.integers(0, 1)),
+                             max_size=4)),
+        time_ms=draw(st.sampled_from(range(0, 201, 4))),
         height=draw(st.integers(0, 12)),
         purpose=draw(st.one_of(st.none(), st.sampled_from(PURPOSES))),
         policy=BreakGlassPolicy(draw(st.booleans()),
                                 frozenset(draw(st.sets(st.sampled_from(REASONS[:2]),
                                                        min_size=1)))),
-        consent_id=None if emergency else draw(st.one_of(st.none(),
-                                                         st.sampled_from(CONSENT_IDS))),
+        consent_id=None if emergency or draw(st.booleans())
+        else draw(st.sampled_from(CONSENT_IDS[:3])),
         reason=draw(st.sampled_from(REASONS)) if emergency else None,
     )
 
@@ -149,7 +159,7 @@ def decide(w: World) -> AccessDecision:
     )
 
 
-@settings(max_examples=400)
+@settings(max_examples=300)
 @given(worlds())
 def test_agrees_with_reference_model(w: World) -> None:
     decision = decide(w)
@@ -168,7 +178,7 @@ def test_agrees_with_reference_model(w: World) -> None:
     assert decide(reordered).allowed == decision.allowed
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(worlds())
 def test_revocation_never_widens_access(w: World) -> None:
     revoked = [Candidate(c.patient, c.grant, 0) for c in w.grants]

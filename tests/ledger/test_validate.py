@@ -7,7 +7,7 @@ import hashlib
 import msgspec
 import pytest
 
-from ledger import codec, validate
+from ledger import codec, keys, validate
 from ledger.errors import (
     BadSignatureError,
     DecodeError,
@@ -211,7 +211,7 @@ def test_envelope_fields() -> None:
 
 def test_sig_cache_verifies_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
-    real = validate.verify
+    real = keys.verify
 
     def counting(key: bytes, message: bytes, sig: bytes) -> bool:
         calls.append(message)

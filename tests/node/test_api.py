@@ -23,6 +23,7 @@ from ledger.errors import (
 )
 from ledger.keys import KeyPair
 from ledger.merkle import InclusionProof
+from ledger.tx import tx_hash
 from node import config as node_config
 from node.api import (
     ApiSettings,
@@ -37,8 +38,10 @@ from node.api import (
 )
 from node.api.auth import ReplayCacheFullError
 from node.client import sign_request
-from node.mempool import AlreadyKnownError, MempoolFullError
+from node.mempool import AlreadyKnownError, Mempool, MempoolFullError, MempoolSettings
 from node.metrics import NodeMetrics
+from tests.node.test_mempool import real_pool
+from tests.node.test_mempool import tx as mempool_tx
 
 NOW_MS = 1_800_000_000_000
 SECRET = "PATIENT-NAME-Jane-Doe"
@@ -354,6 +357,20 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and error_code(r) == "NOT_FOUND"
     r = await client.delete("/v1/txs")
     assert r.status_code == 405 and error_code(r) == "METHOD_NOT_ALLOWED"
+    for method in ("BREW", "WHEN"):  # client-chosen methods do not become label values
+        r = await client.request(method, "/v2/x")
+        assert r.status_code == 404
+
+
+async def test_metric_labels_stay_bounded(client: httpx.AsyncClient, metrics: NodeMetrics) -> None:
+    for n in range(3):
+        await client.request("BREW", f"/v2/pot/{n}")
+        await client.get(f"/v1/txs/{n:064x}")
+    get = metrics.registry.get_sample_value
+    labels = {"route": "unmatched", "method": "OTHER", "status": "404"}
+    assert get("medledger_api_requests_total", labels) == 3
+    labels = {"route": "/v1/txs/{tx_hash}", "method": "GET", "status": "200"}
+    assert get("medledger_api_requests_total", labels) == 3
 
 
 # --- signed reads -------------------------------------------------------------------------------
@@ -473,3 +490,56 @@ def test_settings_from_node_config() -> None:
     assert api.signed_read_max_age_s == cfg.api.signed_read_max_age_s
     server = ServerSettings.from_config(cfg)
     assert (server.host, server.port) == (cfg.api.listen.host, cfg.api.listen.port)
+
+
+# --- through a real mempool with the real ledger checks -------------------------------------
+
+
+class MempoolFacade(FakeFacade):
+    """The fake, except that submissions go through a real Mempool + LedgerTxChecker."""
+
+    def __init__(self, metrics: NodeMetrics, mempool: Mempool) -> None:
+        super().__init__(metrics)
+        self.mempool = mempool
+
+    async def submit(self, tx: bytes, blob: bytes | None) -> bytes:
+        return await self.mempool.submit(tx, blob)
+
+    async def submit_batch(
+        self, items: Sequence[tuple[bytes, bytes | None]]
+    ) -> Sequence[bytes | LedgerError]:
+        return await self.mempool.submit_many(items)
+
+
+async def test_submissions_through_a_real_mempool() -> None:
+    metrics = NodeMetrics()
+    mempool, _ = real_pool(metrics)
+    mempool = Mempool(mempool._checker, MempoolSettings(max_txs=3), metrics=metrics)
+    app = create_app(MempoolFacade(metrics, mempool), metrics=metrics)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://node"
+    ) as c:
+        good = [mempool_tx(100, n, patient=n) for n in range(4)]
+        r = await c.post("/v1/txs", json={"tx": good[0].hex()})
+        assert r.status_code == 202 and r.json() == {"hash": tx_hash(good[0]).hex()}
+        r = await c.post("/v1/txs/batch", json={"txs": [{"tx": d.hex()} for d in good]})
+        body = r.json()
+        assert [res.get("duplicate") for res in body["results"][:1]] == [True]
+        assert [res["error"]["code"] for res in body["results"][3:]] == ["MEMPOOL_FULL"]
+        assert body["accepted"] == 3
+        r = await c.post("/v1/txs", json={"tx": good[3].hex()})
+        assert r.status_code == 503 and error_code(r) == "MEMPOOL_FULL"
+        forged = good[3][:-64] + bytes(64)
+        r = await c.post("/v1/txs", json={"tx": forged.hex()})
+        assert r.status_code == 503  # full: refused before spending a verification
+        mempool.update(1, [tx_hash(good[0])])
+        r = await c.post("/v1/txs", json={"tx": forged.hex()})
+        assert r.status_code == 422 and error_code(r) == "BAD_SIGNATURE"
+        r = await c.post("/v1/txs", json={"tx": "00ff"})
+        assert r.status_code == 400 and error_code(r) == "MALFORMED"
+        r = await c.post("/v1/txs", json={"tx": mempool_tx(5, 0).hex()})
+        assert r.status_code == 403 and error_code(r) == "UNKNOWN_SENDER"
+        r = await c.post("/v1/txs", json={"tx": good[1].hex()})  # still pending
+        assert r.status_code == 202 and r.json()["duplicate"] is True
+        r = await c.post("/v1/txs", json={"tx": mempool_tx(100, 1, patient=9).hex()})
+        assert r.status_code == 409 and error_code(r) == "NONCE_PENDING"
