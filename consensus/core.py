@@ -701,14 +701,6 @@ class Replica:
         if self._propose():
             self._advance()
 
-    def _parent_digest(self, height: int) -> bytes | None:
-        """Digest at ``height`` if committed or stable (a known-final parent)."""
-        if height == self.committed:
-            return self._committed_digests[height]
-        if height == self.stable.height and height > self.committed:
-            return self.stable.block_digest
-        return None
-
     def _advance(self) -> None:
         """Validate, PREPARE and COMMIT every height that can move, in height order."""
         if self.in_view_change:
@@ -1116,6 +1108,9 @@ class Replica:
             slot.pp_view, slot.pp_digest, slot.pp_state = nv.view, proof.digest, _PP.OK
         if self._replaying:
             return
+        # Drop superseded view changes from the WAL: it stays bounded however
+        # many views pass between two stable checkpoints.
+        self._emit(RewriteWAL(tuple(self._live_wal_records())))
         for proof in chain:
             s = self._slots.get(proof.height)
             if s is not None:

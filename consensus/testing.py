@@ -54,7 +54,7 @@ from consensus.messages import (
     sign,
 )
 from consensus.validators import ValidatorSet
-from consensus.wal import MemoryWAL
+from consensus.wal import MemoryWAL, WalStore
 from ledger import codec
 from ledger.codec import Record
 from ledger.errors import LedgerError
@@ -250,7 +250,7 @@ class SimNode:
     index: int
     key: KeyPair
     storage: ToyStorage
-    wal: MemoryWAL
+    wal: WalStore
     app: ToyApp
     replica: Replica
     byzantine: str | None = None
@@ -278,7 +278,10 @@ class Simulation:
         net: NetConfig | None = None,
         byzantine: dict[int, str] | None = None,
         max_txs: int = 16,
+        wal_factory: Callable[[int], WalStore] | None = None,
     ) -> None:
+        """``wal_factory(i)`` opens node ``i``'s WAL (again, after a crash); default: memory."""
+        self.wal_factory = wal_factory
         self.rng = random.Random(seed)
         self.seed = seed
         self.config = config or sim_config()
@@ -307,14 +310,14 @@ class Simulation:
         byz = byzantine or {}
         for i, key in enumerate(self.keys):
             storage = ToyStorage()
-            wal = MemoryWAL()
+            wal = wal_factory(i) if wal_factory is not None else MemoryWAL()
             app = ToyApp(storage, max_txs=max_txs)
             replica = self._make_replica(key, app, wal)
             self.nodes.append(SimNode(i, key, storage, wal, app, replica, byz.get(i)))
         for node in self.nodes:
             self._run(node, node.replica.start())
 
-    def _make_replica(self, key: KeyPair, app: ToyApp, wal: MemoryWAL) -> Replica:
+    def _make_replica(self, key: KeyPair, app: ToyApp, wal: WalStore) -> Replica:
         height, digest = app.last_committed()
         return Replica(
             self.config, key, self.vs, app,
@@ -449,7 +452,11 @@ class Simulation:
             alt_env = sign(node.key, CHAIN_ID, PrePrepare(p.view, p.height, alt.digest(),
                                                           alt_bytes))
             alt_data = encode_envelope(alt_env)
-            return [(j, alt_data if j in half else e.data) for j in targets]
+            out = [(j, alt_data if j in half else e.data) for j in targets]
+            if self.rng.random() < 0.3:  # sometimes one replica sees both: evidence
+                j = self.rng.choice(targets)
+                out.append((j, e.data if j in half else alt_data))
+            return out
         if mode == "equivocate" and isinstance(p, Prepare):
             d2 = node.equivocated.get((p.view, p.height))
             if d2 is not None:
@@ -508,7 +515,9 @@ class Simulation:
             return
         node.alive = False
         node.epoch += 1
-        node.wal.crash()
+        crash = getattr(node.wal, "crash", None)
+        if crash is not None:
+            crash()  # unsynced appends are lost (or torn)
         node.wal_dirty = False
         node.timers.clear()
 
@@ -517,6 +526,8 @@ class Simulation:
         if node.alive:
             return
         node.app = ToyApp(node.storage, max_txs=self.max_txs)
+        if self.wal_factory is not None:
+            node.wal = self.wal_factory(i)
         node.replica = self._make_replica(node.key, node.app, node.wal)
         node.alive = True
         node.epoch += 1

@@ -26,7 +26,7 @@ overlay untouched without any rollback.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -134,24 +134,38 @@ Rule = Callable[[StateView, _Block, Tx, Identity, bytes, int], str]
 
 
 def apply_block(
-    state: StateReader, block: Block, ctx: ApplyContext, tree: StateTree | None = None
+    state: StateReader,
+    block: Block,
+    ctx: ApplyContext,
+    tree: StateTree | None = None,
+    *,
+    tx_hashes: Sequence[bytes] | None = None,
 ) -> ApplyResult:
     """Execute ``block`` on the committed ``state``; see the module docstring.
 
     ``tree`` is the in-memory state tree of ``state`` (a node keeps one from
     block to block: ``result.tree`` is the next one); without it the tree
     nodes are read from ``state``, which is slower but gives the same root.
+    ``tx_hashes``, if the caller has them (they are the leaves of the block's
+    ``tx_root``), must be the hashes of ``block.txs``; they spare re-encoding
+    and re-hashing every tx.
     """
     stored_root = state.get_tree_node(ROOT_ID) or EMPTY_ROOT
     if tree is not None and tree.root != stored_root:
         raise ValueError("the state tree given does not belong to this state")
+    if tx_hashes is not None and len(tx_hashes) != len(block.txs):
+        raise ValueError("tx_hashes does not match the block's txs")
     view = StateView(state)
     env = _Block(ctx, block.header.height, block.header.time_ms)
     hashes: list[bytes] = []
     results: list[TxResult] = []
     for index, tx in enumerate(block.txs):
-        raw = codec.encode(tx)
-        txh = tx_hash(raw)
+        raw: bytes | None = None
+        if tx_hashes is None:
+            raw = codec.encode(tx)
+            txh = tx_hash(raw)
+        else:
+            txh = tx_hashes[index]
         hashes.append(txh)
         results.append(TxResult(_apply_tx(view, env, tx, raw, txh, index)))
     buckets = dirty_bucket_hashes(view, tree)
@@ -175,12 +189,17 @@ def apply_block(
     )
 
 
-def _apply_tx(view: StateView, env: _Block, tx: Tx, raw: bytes, txh: bytes, index: int) -> str:
+def _apply_tx(
+    view: StateView, env: _Block, tx: Tx, raw: bytes | None, txh: bytes, index: int
+) -> str:
     ctx = env.ctx
     try:
-        if len(raw) > ctx.limits.max_tx_bytes:
-            raise TooLargeError(f"tx of {len(raw)} bytes")
-        check_tx(tx, txh, ctx.chain_id, ctx.limits, ctx.sig_cache)
+        if ctx.sig_cache is None or txh not in ctx.sig_cache:  # else: all checked before
+            if raw is None:
+                raw = codec.encode(tx)
+            if len(raw) > ctx.limits.max_tx_bytes:
+                raise TooLargeError(f"tx of {len(raw)} bytes")
+            check_tx(tx, txh, ctx.chain_id, ctx.limits, ctx.sig_cache)
         sender = _sender(view, tx, None)
     except (DecodeError, InvalidTxError, StateRuleError) as exc:
         return exc.code

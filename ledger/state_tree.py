@@ -143,26 +143,32 @@ class StateTree:
         return bytes(self._levels[level][index * HASH : (index + 1) * HASH])
 
     def update(self, new_buckets: dict[int, bytes]) -> tuple[StateTree, TreeWrites]:
-        """New tree with the given bucket hashes, and the nodes that changed."""
+        """New tree with the given bucket hashes, and the nodes that changed (sorted by id)."""
         levels = [bytearray(lv) for lv in self._levels]
-        writes: TreeWrites = []
+        per_level: list[TreeWrites] = [[] for _ in range(DEPTH + 1)]
         changed = sorted(new_buckets)
         buckets = levels[DEPTH]
+        prefix = _LEVEL_PREFIX[DEPTH]
+        out = per_level[DEPTH]
         for index in changed:
             h = new_buckets[index]
             buckets[index * HASH : (index + 1) * HASH] = h
-            writes.append((node_id(DEPTH, index), h))
+            out.append((prefix + index.to_bytes(2, "big"), h))
         width = ARITY * HASH
+        sha = _sha256
         for level in range(DEPTH - 1, -1, -1):
             below = levels[level + 1]
             here = levels[level]
+            prefix = _LEVEL_PREFIX[level]
+            out = per_level[level]
             parents = sorted({i // ARITY for i in changed})
             for p in parents:
-                h = node_hash(bytes(below[p * width : (p + 1) * width]))
+                h = sha(H_STATE_NODE + below[p * width : (p + 1) * width]).digest()
                 here[p * HASH : (p + 1) * HASH] = h
-                writes.append((node_id(level, p), h))
+                out.append((prefix + p.to_bytes(2, "big"), h))
             changed = parents
-        return StateTree(levels), writes
+        # node ids sort by level, then index: this is already storage order
+        return StateTree(levels), [w for lw in per_level for w in lw]
 
 
 def update_from_reader(

@@ -37,12 +37,8 @@ from ledger.apply import ApplyContext
 from ledger.block import Block
 from ledger.errors import LedgerError, NotFoundError
 from ledger.genesis import (
-    ConsensusParams,
     Genesis,
-    GenesisOrg,
-    Policy,
     genesis_hash,
-    validate_genesis,
 )
 from ledger.keys import KeyPair
 from ledger.merkle import prove
@@ -59,7 +55,7 @@ from node.ledger_app import CommitInfo, LedgerApplication, open_chain
 from node.logs import configure_logging
 from node.mempool import LedgerTxChecker, Mempool, MempoolSettings
 from node.metrics import NodeMetrics
-from node.p2p import Transport
+from node.p2p import Transport, transport_from_config
 from node.watchdog import run_stall_watchdog
 from storage.store import Store, open_leveldb, open_memory
 
@@ -138,7 +134,7 @@ class Node:
         key = key if key is not None else load_key_file(config.node.key_file)
         doc = doc if doc is not None else load_genesis(config.node.genesis_file)
         check_consensus_matches(config, doc)
-        genesis = ledger_genesis(doc)
+        genesis = doc.to_ledger_genesis()
         if key.public_key not in genesis.validators:
             raise LedgerError("this node's key is not a validator in the genesis file")
         if config.storage.backend == "memory":
@@ -203,13 +199,7 @@ class Node:
             committed_digest=store.get_block_hash(height),
             wal_records=wal.records(),
         )
-        transport = Transport(
-            config.p2p,
-            key,
-            {v.public_key: v.p2p_address for v in doc.validators},
-            chain_id=genesis.chain_id,
-            private_network_key=doc.private_network_key,
-        )
+        transport = transport_from_config(config, doc, key)
         service = ConsensusService(
             replica,
             app,
@@ -302,6 +292,10 @@ class Node:
         if self._last_commit_at is not None:
             m.block_interval.observe(now - self._last_commit_at)
         self._last_commit_at = now
+        log.info(
+            "committed height=%d txs=%d hash=%s",
+            info.height, len(info.block.txs), info.block_hash.hex()[:16],
+        )
         m.height.set(info.height)
         m.committed_blocks.inc()
         m.committed_txs.inc(len(info.block.txs))
@@ -332,31 +326,6 @@ def _drop_root_logger_noise(record: logging.LogRecord) -> bool:
     """py-libp2p also logs through the root logger itself (``logging.warning``);
     our modules never do, so below ERROR those records are its dial chatter."""
     return record.name != "root" or record.levelno >= logging.ERROR
-
-
-def ledger_genesis(doc: GenesisDoc) -> Genesis:
-    """The ledger's canonical genesis record for a genesis document."""
-    params = ConsensusParams(
-        window=doc.consensus.window,
-        checkpoint_interval=doc.consensus.checkpoint_interval,
-        max_block_txs=doc.consensus.max_block_txs,
-        max_block_bytes=doc.consensus.max_block_bytes,
-    )
-    genesis = Genesis(
-        chain_id=doc.chain_id,
-        genesis_time_ms=doc.genesis_time_ms,
-        organisations=sorted(
-            (GenesisOrg(o.public_key, o.name) for o in doc.organisations), key=lambda o: o.key
-        ),
-        validators=sorted(v.public_key for v in doc.validators),
-        params=params,
-        policy=Policy(
-            break_glass_enabled=doc.break_glass.allowed,
-            reason_codes=sorted(set(doc.break_glass.reason_codes)),
-        ),
-    )
-    validate_genesis(genesis)
-    return genesis
 
 
 def _drain(app: LedgerApplication) -> None:

@@ -19,7 +19,6 @@ and the JSON path of the bad field (``validators[2].peer_id``).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import secrets
@@ -28,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger.errors import LedgerError
+from ledger.genesis import ConsensusParams as LedgerParams
+from ledger.genesis import Genesis as LedgerGenesis
+from ledger.genesis import GenesisOrg, Policy, validate_genesis
 from node.config import Config, ConfigError, HostPort
 
 __all__ = [
@@ -150,18 +153,36 @@ class GenesisDoc:
             doc["private_network_key"] = self.private_network_key.hex()
         return doc
 
-    def to_ledger_genesis(self) -> Any:
-        """The ledger's canonical ``ledger.genesis.Genesis`` record for this document.
+    def to_ledger_genesis(self) -> LedgerGenesis:
+        """The ledger's canonical genesis record (what is hashed and executed).
 
-        Built by keyword from the names the ledger module declares, so the
-        document and the record can evolve separately; fails with
-        :class:`ConfigError` while ``ledger/genesis.py`` is not there.
+        A document the ledger refuses (e.g. a validator that is not one of the
+        organisations) is a :class:`ConfigError` naming this file.
         """
+        genesis = LedgerGenesis(
+            chain_id=self.chain_id,
+            genesis_time_ms=self.genesis_time_ms,
+            organisations=sorted(
+                (GenesisOrg(o.public_key, o.name) for o in self.organisations),
+                key=lambda o: o.key,
+            ),
+            validators=sorted(v.public_key for v in self.validators),
+            params=LedgerParams(
+                window=self.consensus.window,
+                checkpoint_interval=self.consensus.checkpoint_interval,
+                max_block_txs=self.consensus.max_block_txs,
+                max_block_bytes=self.consensus.max_block_bytes,
+            ),
+            policy=Policy(
+                break_glass_enabled=self.break_glass.allowed,
+                reason_codes=sorted(set(self.break_glass.reason_codes)),
+            ),
+        )
         try:
-            ledger_genesis = importlib.import_module("ledger.genesis")
-        except ImportError:
-            raise ConfigError(f"{self.source}: ledger.genesis is not available") from None
-        return ledger_genesis.Genesis.from_document(self.to_json())
+            validate_genesis(genesis)
+        except LedgerError as exc:
+            raise ConfigError(f"{self.source}: {exc.message}") from None
+        return genesis
 
 
 # --- loading -----------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 from consensus.testing import NetConfig, Simulation, sim_config
+from consensus.wal import FileWAL
 
 
 def _run_until_committed(sim: Simulation, txs: list[bytes], deadline: int) -> None:
@@ -146,3 +148,44 @@ def test_minority_partition_heals_and_catches_up() -> None:
     assert sim.nodes[3].storage.height == 0
     sim.isolated.clear()
     _run_until_committed(sim, txs, 20_000)
+
+
+class TornFileWAL(FileWAL):
+    """A file WAL whose crash leaves half a frame at the end, as a torn write would."""
+
+    def crash(self) -> None:
+        self._fh.write(b"\x00\x00\x01\x00\xde\xad")  # a header promising 256 bytes
+        self._fh.close()
+
+
+def test_file_wal_crash_with_torn_tail_restarts_without_double_votes(tmp_path: Path) -> None:
+    opened: list[int] = []
+    truncated: list[int] = []
+
+    def open_wal(i: int) -> FileWAL:
+        wal = TornFileWAL(tmp_path / f"wal{i}", fsync=False)
+        opened.append(i)
+        truncated.append(wal.truncated_bytes)
+        return wal
+
+    sim = Simulation(4, seed=10, byzantine={0: "equivocate"}, wal_factory=open_wal, max_txs=2)
+    txs = [sim.submit() for _ in range(30)]
+    for t in range(7, 300, 41):
+        sim.run_until(t)
+        sim.crash(3)
+        sim.run_until(t + 2)
+        sim.restart(3)
+    _run_until_committed(sim, txs, 20_000)
+    assert opened.count(3) > 5
+    assert all(b == 6 for i, b in zip(opened, truncated, strict=True) if i == 3 and b)
+    assert sum(1 for i, b in zip(opened, truncated, strict=True) if i == 3 and b == 6) > 5
+    assert sim.double_votes == []
+
+
+def test_equivocating_primary_is_caught_as_evidence_and_is_harmless() -> None:
+    sim = Simulation(4, seed=11, byzantine={0: "equivocate"}, max_txs=2)
+    txs = [sim.submit() for _ in range(40)]
+    _run_until_committed(sim, txs, 20_000)
+    evidence = [e for n in sim.honest() for e in n.evidence]
+    assert evidence and all(e.validator == sim.keys[0].public_key for e in evidence)
+    assert all(e.first != e.second for e in evidence)

@@ -35,9 +35,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(self.health, b"ok\n", "text/plain")
         elif self.path == "/metrics":
             body = (
-                "# HELP medledger_height Last committed height.\n"
-                "# TYPE medledger_height gauge\n"
-                f'medledger_height{{fake="yes"}} {int(self.index) + 7}\n'
+                "# HELP medledger_consensus_height Last committed height.\n"
+                "# TYPE medledger_consensus_height gauge\n"
+                f'medledger_consensus_height{{fake="yes"}} {int(self.index) + 7}\n'
             ).encode()
             self._reply(200, body, "text/plain; version=0.0.4")
         else:

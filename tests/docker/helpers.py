@@ -5,17 +5,28 @@ node/compose.py writes (the project has no YAML dependency)."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import httpx
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
+NODE_IMAGE = os.environ.get("MEDLEDGER_NODE_IMAGE", "medledger-node:dev")
+PROM_IMAGE = os.environ.get("MEDLEDGER_PROMETHEUS_IMAGE", "medledger-prometheus:dev")
+FAKE_IMAGE = "medledger-fakenode:test"
+PY = "/opt/medledger/bin/python"
 
 
 def docker_unavailable_reason() -> str | None:
@@ -77,6 +88,156 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@dataclass
+class Images:
+    node: str
+    prometheus: str
+    fake_node: str
+
+
+@dataclass
+class Resources:
+    """Names of what a test created, removed by the fixture whatever happens."""
+
+    prefix: str
+    containers: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+    def name(self, what: str) -> str:
+        return f"{self.prefix}-{what}"
+
+    def container(self, what: str, *args: str) -> str:
+        name = self.name(what)
+        self.containers.append(name)
+        run(["docker", "run", "-d", "--name", name, *args])
+        return name
+
+    def network(self, what: str) -> str:
+        name = self.name(what)
+        self.networks.append(name)
+        run(["docker", "network", "create", name])
+        return name
+
+    def volume(self, what: str) -> str:
+        name = self.name(what)
+        self.volumes.append(name)
+        run(["docker", "volume", "create", name])
+        return name
+
+    def cleanup(self) -> None:
+        for c in self.containers:
+            run(["docker", "rm", "-f", "-v", c], check=False)
+        for n in self.networks:
+            run(["docker", "network", "rm", n], check=False)
+        for v in self.volumes:
+            run(["docker", "volume", "rm", "-f", v], check=False)
+
+
+def inspect(obj: str) -> dict[str, Any]:
+    data: list[dict[str, Any]] = json.loads(run(["docker", "inspect", obj]).stdout)
+    return data[0]
+
+
+def health(container: str) -> str:
+    """The container's health status; fails at once if it has exited."""
+    state = inspect(container)["State"]
+    if not state["Running"]:
+        logs = run(["docker", "logs", "--tail", "40", container], check=False)
+        raise AssertionError(f"{container} exited: {logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+    status: str = state.get("Health", {}).get("Status", "none")
+    return status
+
+
+def http_get(url: str) -> httpx.Response | None:
+    """GET, or None while nothing answers."""
+    try:
+        return httpx.get(url, timeout=2.0)
+    except httpx.HTTPError:
+        return None
+
+
+def prom_ready(base: str) -> bool:
+    r = http_get(base + "/-/ready")
+    return r is not None and r.status_code == 200
+
+
+def prom_targets(base: str) -> list[dict[str, Any]]:
+    """Prometheus's own view of its scrape targets (``/api/v1/targets``)."""
+    r = httpx.get(base + "/api/v1/targets", timeout=5.0)
+    r.raise_for_status()
+    active: list[dict[str, Any]] = r.json()["data"]["activeTargets"]
+    return active
+
+
+def prom_query(base: str, promql: str) -> list[dict[str, Any]]:
+    r = httpx.get(base + "/api/v1/query", params={"query": promql}, timeout=5.0)
+    r.raise_for_status()
+    body = r.json()
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def free_port_block(count: int) -> int:
+    """A base port whose ``count`` consecutive ports are free on 127.0.0.1."""
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 60000)
+        if all(_port_free(p) for p in range(base, base + count)):
+            return base
+    raise AssertionError("no block of free ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def project_leftovers(project: str) -> list[str]:
+    """Containers, volumes and networks compose still holds for ``project``."""
+    label = f"label=com.docker.compose.project={project}"
+    found = []
+    for kind in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
+        out = run(["docker", *kind, "-q", "--filter", label]).stdout.split()
+        found += [f"{kind[0]}:{x}" for x in out]
+    return found
+
+
+@contextmanager
+def compose_project(
+    tool: Sequence[str], compose_file: Path, env: dict[str, str]
+) -> Iterator[list[str]]:
+    """``up -d`` a compose file under a fresh project name; ``down -v`` whatever happens.
+
+    Yields the compose command prefix (tool, project, file) for further calls.
+    After teardown nothing of the project may remain.
+    """
+    project = f"medledgertest{uuid.uuid4().hex[:8]}"
+    cmd = [*tool, "-p", project, "-f", str(compose_file)]
+    full_env = {**os.environ, **env}
+    try:
+        up = subprocess.run(
+            [*cmd, "up", "-d"], env=full_env, capture_output=True, text=True, timeout=600
+        )
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield cmd
+    finally:
+        down = subprocess.run(
+            [*cmd, "down", "-v", "--remove-orphans"],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert project_leftovers(project) == []
 
 
 # -- the YAML subset of node/compose.py ------------------------------------------------

@@ -41,138 +41,6 @@ from .helpers import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-NODE_IMAGE = os.environ.get("MEDLEDGER_NODE_IMAGE", "medledger-node:dev")
-PROM_IMAGE = os.environ.get("MEDLEDGER_PROMETHEUS_IMAGE", "medledger-prometheus:dev")
-FAKE_IMAGE = "medledger-fakenode:test"
-PY = "/opt/medledger/bin/python"
-
-
-@dataclass
-class Images:
-    node: str
-    prometheus: str
-    fake_node: str
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
-    reason = docker_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    done = subprocess.run(
-        ["bash", str(REPO / "testnet" / "images.sh"), "all"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        pytest.fail(f"testnet/images.sh failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    # The stand-in node: the real image with the fake daemon as its entrypoint.
-    ctx = tmp_path_factory.mktemp("fake-node-image")
-    shutil.copy(Path(__file__).with_name("fake_node.py"), ctx / "fake_node.py")
-    (ctx / "Dockerfile").write_text(
-        f"FROM {NODE_IMAGE}\n"
-        "COPY fake_node.py /opt/fake_node.py\n"
-        f'ENTRYPOINT ["{PY}", "/opt/fake_node.py"]\n'
-    )
-    run(["docker", "build", "-q", "-t", FAKE_IMAGE, str(ctx)])
-    try:
-        yield Images(node=NODE_IMAGE, prometheus=PROM_IMAGE, fake_node=FAKE_IMAGE)
-    finally:
-        run(["docker", "image", "rm", FAKE_IMAGE], check=False)
-
-
-@dataclass
-class Resources:
-    """Names of what a test created, removed by the fixture whatever happens."""
-
-    prefix: str
-    containers: list[str] = field(default_factory=list)
-    networks: list[str] = field(default_factory=list)
-    volumes: list[str] = field(default_factory=list)
-
-    def name(self, what: str) -> str:
-        return f"{self.prefix}-{what}"
-
-    def container(self, what: str, *args: str) -> str:
-        name = self.name(what)
-        self.containers.append(name)
-        run(["docker", "run", "-d", "--name", name, *args])
-        return name
-
-    def network(self, what: str) -> str:
-        name = self.name(what)
-        self.networks.append(name)
-        run(["docker", "network", "create", name])
-        return name
-
-    def volume(self, what: str) -> str:
-        name = self.name(what)
-        self.volumes.append(name)
-        run(["docker", "volume", "create", name])
-        return name
-
-    def cleanup(self) -> None:
-        for c in self.containers:
-            run(["docker", "rm", "-f", "-v", c], check=False)
-        for n in self.networks:
-            run(["docker", "network", "rm", n], check=False)
-        for v in self.volumes:
-            run(["docker", "volume", "rm", "-f", v], check=False)
-
-
-@pytest.fixture
-def res() -> Iterator[Resources]:
-    r = Resources(prefix=f"medledger-test-{uuid.uuid4().hex[:8]}")
-    try:
-        yield r
-    finally:
-        r.cleanup()
-
-
-def _inspect(obj: str) -> dict[str, Any]:
-    data: list[dict[str, Any]] = json.loads(run(["docker", "inspect", obj]).stdout)
-    return data[0]
-
-
-def _health(container: str) -> str:
-    state = _inspect(container)["State"]
-    if not state["Running"]:
-        logs = run(["docker", "logs", container], check=False)
-        raise AssertionError(f"{container} exited: {logs.stdout[-1000:]}{logs.stderr[-1000:]}")
-    status: str = state.get("Health", {}).get("Status", "none")
-    return status
-
-
-def _get(url: str) -> httpx.Response | None:
-    try:
-        return httpx.get(url, timeout=2.0)
-    except httpx.HTTPError:
-        return None
-
-
-def _prom_ready(base: str) -> bool:
-    r = _get(base + "/-/ready")
-    return r is not None and r.status_code == 200
-
-
-def _prom_targets(base: str) -> list[dict[str, Any]]:
-    r = httpx.get(base + "/api/v1/targets", timeout=5.0)
-    r.raise_for_status()
-    active: list[dict[str, Any]] = r.json()["data"]["activeTargets"]
-    return active
-
-
-def _prom_query(base: str, promql: str) -> list[dict[str, Any]]:
-    r = httpx.get(base + "/api/v1/query", params={"query": promql}, timeout=5.0)
-    r.raise_for_status()
-    body = r.json()
-    assert body["status"] == "success", body
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
 # -- the node image ------------------------------------------------------------------
 
 
@@ -263,7 +131,7 @@ def test_prometheus_scrapes_a_node_on_a_container_network(
     (target,) = wait_for(node0_up, timeout=120, what="node0 scraped as up")
     assert target["labels"]["instance"] == "node0:26657"
     (sample,) = wait_for(
-        lambda: _prom_query(base, "medledger_height"), timeout=60, what="medledger_height"
+        lambda: _prom_query(base, "medledger_consensus_height"), timeout=60, what="medledger_consensus_height"
     )
     assert sample["value"][1] == "7"
 
@@ -356,12 +224,12 @@ def test_compose_testnet_comes_up_scraped_and_goes_away(images: Images, tmp_path
         ]
 
         def heights() -> dict[str, str] | None:
-            result = _prom_query(base, "medledger_height")
+            result = _prom_query(base, "medledger_consensus_height")
             got = {s["metric"]["instance"]: s["value"][1] for s in result}
             return got if len(got) == n else None
 
         # Each node read its own config dir (the fake reports 7 + its index).
-        assert wait_for(heights, timeout=60, what="medledger_height from every node") == {
+        assert wait_for(heights, timeout=60, what="medledger_consensus_height from every node") == {
             f"node{i}:26657": str(7 + i) for i in range(n)
         }
         up_query = _prom_query(base, 'sum(up{job="medledger"})')

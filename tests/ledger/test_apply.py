@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from ledger import codec
 from ledger.apply import ApplyContext, apply_block, check_tx_against_state
@@ -581,6 +583,25 @@ def test_tree_must_match_state() -> None:
     stale = StateTree.empty()
     with pytest.raises(ValueError):
         apply_block(chain.store, chain.block([]), chain.ctx, stale)
+    with pytest.raises(ValueError):
+        apply_block(chain.store, chain.block([]), chain.ctx, tx_hashes=[b"\0" * 32])
+
+
+def test_given_tx_hashes_and_sig_cache_give_the_same_result() -> None:
+    plain = Chain.new()
+    populated(plain)
+    cache = SigCache()
+    cached = Chain.new(sig_cache=cache)
+    populated(cached)
+    txs = [plain.tx(PAT, grant("c1", DOC_B)), plain.tx(DOC_B, RecordAccess(rid("r1"), "TREAT")),
+           make_tx(PAT, "other-chain", 9, EraseRecord(rid("r1")))]
+    block = plain.block(txs)
+    hashes = [tx.hash() for tx in txs]
+    a = apply_block(plain.store, block, plain.ctx, plain.tree)
+    b = apply_block(cached.store, block, cached.ctx, cached.tree, tx_hashes=hashes)
+    assert a.results_bytes == b.results_bytes and a.state_root == b.state_root
+    assert [r.code for r in b.results] == ["OK", "OK", "WRONG_CHAIN"]
+    assert hashes[0] in cache and hashes[2] not in cache
 
 
 # --- cost figure (printed, never asserted) ------------------------------------------
@@ -612,11 +633,14 @@ def test_print_apply_cost_per_tx_for_500_tx_block(capsys: pytest.CaptureFixture[
     block = chain.block(txs)
     for tx in txs:  # exclude signature checks: as if the mempool verified them
         cache.add(tx.hash())
+    hashes = [tx.hash() for tx in txs]  # known to the node: the leaves of tx_root
     best = float("inf")
     for _ in range(5):
         t0 = time.process_time()
-        result = apply_block(chain.store, block, chain.ctx, chain.tree)
+        result = apply_block(chain.store, block, chain.ctx, chain.tree, tx_hashes=hashes)
         best = min(best, time.process_time() - t0)
+    again = apply_block(chain.store, block, chain.ctx, chain.tree)
+    assert again.state_root == result.state_root and again.state_writes == result.state_writes
     t1 = time.process_time()
     chain.store.commit(result)
     commit = time.process_time() - t1
@@ -639,3 +663,74 @@ def test_encoded_state_values_are_canonical_records() -> None:
         value = raw[32:]
         assert hashlib.sha256(value).digest() == raw[:32]
         assert codec.encode(codec.decode(value, object)) == value
+
+
+# --- determinism over random workloads (hypothesis) ---------------------------------
+
+_ACTORS = [HOSP_A, HOSP_B, DOC, DOC_B, PAT, PAT2]
+_NAMES = ["r1", "r2", "r3"]
+_CONSENTS = ["c1", "c2"]
+
+
+@st.composite
+def random_bodies(draw: st.DrawFn) -> tuple[KeyPair, Body]:
+    """A signer and a body from a small universe, so that rules both pass and fail."""
+    signer = draw(st.sampled_from(_ACTORS))
+    who = draw(st.sampled_from(_ACTORS))
+    name = draw(st.sampled_from(_NAMES))
+    kind = draw(st.integers(0, 8))
+    body: Body
+    if kind == 0:
+        body = RegisterClinician(key(draw(st.sampled_from(["n1", "n2"]))).public_key, "N")
+    elif kind == 1:
+        body = RegisterPatient(key(draw(st.sampled_from(["p1", "p2"]))).public_key)
+    elif kind == 2:
+        patient = draw(st.sampled_from([PAT, PAT2]))
+        prev = draw(st.one_of(st.none(), st.sampled_from(_NAMES)))
+        body = anchor(name, patient, draw(st.sampled_from(["lab", "imaging"])),
+                      None if prev == name else prev,
+                      custodian=draw(st.sampled_from([HOSP_A, HOSP_B])))
+    elif kind == 3:
+        body = grant(draw(st.sampled_from(_CONSENTS)), who,
+                     categories=draw(st.sampled_from([("lab",), ("imaging", "lab")])),
+                     emergency=draw(st.booleans()))
+    elif kind == 4:
+        body = RevokeConsent(rid(draw(st.sampled_from(_CONSENTS))))
+    elif kind == 5:
+        body = RecordAccess(rid(name), "TREAT",
+                            emergency_reason=draw(st.sampled_from([None, "BTG", "NO"])))
+    elif kind == 6:
+        body = KeyRelease(rid(name), who.public_key, bh(f"w-{name}-{who.public_key.hex()}"))
+    elif kind == 7:
+        body = EraseRecord(rid(name))
+    else:
+        body = ValidatorSetChange([], [])
+    return signer, body
+
+
+@settings(max_examples=40)
+@given(st.lists(st.lists(random_bodies(), max_size=12), min_size=1, max_size=4),
+       st.lists(st.sampled_from([None, -1, 1]), min_size=48, max_size=48))
+def test_random_workloads_are_deterministic(
+    blocks: list[list[tuple[KeyPair, Body]]], nonce_noise: list[int | None]
+) -> None:
+    a = populated(Chain.new(DictState(), use_tree=True))
+    b = populated(Chain.new(SortedState(), use_tree=False))
+    noise = iter(nonce_noise)
+    for bodies in blocks:
+        txs = []
+        for signer, body in bodies:
+            n = a.nonces.get(signer.public_key, 0)
+            delta = next(noise, None)
+            tx = a.tx(signer, body, n + delta if delta is not None and n + delta >= 0 else n)
+            b.nonces[signer.public_key] = a.nonces[signer.public_key]
+            txs.append(tx)
+        codes_a = a.run(txs)
+        codes_b = b.run(txs)
+        assert codes_a == codes_b
+        for code in codes_a:
+            event(code)
+        ra, rb = a.results[-1], b.results[-1]
+        assert (ra.state_root, ra.state_writes, ra.tree_writes, ra.blob_deletes) == (
+            rb.state_root, rb.state_writes, rb.tree_writes, rb.blob_deletes)
+    assert a.tree is not None and StateTree.load(b.store).root == a.tree.root
