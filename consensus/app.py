@@ -9,10 +9,13 @@ slow (one storage batch), so the core emits a :class:`consensus.core.CommitBlock
 effect, the driver calls :meth:`Application.commit`, and reports the state
 digest back through ``Replica.executed``.
 
-``ancestors`` lists the uncommitted blocks between the last committed height
-and ``height - 1``, in height order: with pipelining a block is validated on
-top of blocks that are ordered but not yet executed, so the application must
-check it against them too (for example: no tx twice, nonces in sequence).
+``ancestors`` lists every block between the application's last *executed*
+height and ``height - 1``, in height order: with pipelining a block is
+validated on top of blocks that are ordered (or even committed, with their
+:class:`~consensus.core.CommitBlock` still queued) but not yet executed, so the
+application must check it against them too (for example: no tx twice, nonces
+in sequence). This holds as long as the driver reports every execution through
+``Replica.executed`` right after it, before any other input.
 """
 
 from __future__ import annotations

@@ -599,8 +599,9 @@ def run_schedule(seed: int, n: int, scenario: str = "faults") -> ScheduleResult:
 
     ``scenario`` is ``faults`` (up to f nodes crash-restart or are partitioned,
     on a lossy, duplicating, reordering network), ``byzantine`` (one Byzantine
-    validator in a random mode, plus up to f - 1 crash faults) or ``chaos``
-    (rolling crashes, restarts and isolations, never more than f at once).
+    validator in a random mode, plus up to f - 1 crash faults), ``chaos``
+    (rolling crashes, restarts and isolations, never more than f at once) or
+    ``byzantine_chaos`` (one Byzantine validator plus rolling faults of f - 1).
     """
     rng = random.Random(seed * 7919 + n)
     f = (n - 1) // 3
@@ -612,7 +613,7 @@ def run_schedule(seed: int, n: int, scenario: str = "faults") -> ScheduleResult:
     )
     byz: dict[int, str] = {}
     faulty_budget = f
-    if scenario == "byzantine":
+    if scenario in ("byzantine", "byzantine_chaos"):
         byz[rng.randrange(n)] = rng.choice(BYZANTINE_MODES)
         faulty_budget -= 1
     sim = Simulation(n, seed, net=net, byzantine=byz, max_txs=rng.choice([2, 8]))
@@ -620,9 +621,9 @@ def run_schedule(seed: int, n: int, scenario: str = "faults") -> ScheduleResult:
     candidates = [i for i in range(n) if i not in byz]
     rng.shuffle(candidates)
     faulty = candidates[: rng.randint(0, faulty_budget)]
-    if scenario == "chaos":
+    if scenario in ("chaos", "byzantine_chaos"):
         faulty = []
-        _rolling_faults(sim, rng, f, heal_at)
+        _rolling_faults(sim, rng, faulty_budget, heal_at)
     for i in faulty:
         t1 = rng.randint(0, 1_200)
         t2 = rng.randint(t1 + 50, heal_at)
@@ -669,6 +670,9 @@ def run_schedule(seed: int, n: int, scenario: str = "faults") -> ScheduleResult:
 def _rolling_faults(sim: Simulation, rng: random.Random, f: int, until: int) -> None:
     """Schedule a random walk of crash/restart/isolate/rejoin, at most ``f`` down at once."""
     n = len(sim.nodes)
+
+    if f < 1:
+        return
 
     def step() -> None:
         down = {nd.index for nd in sim.nodes if not nd.alive} | sim.isolated

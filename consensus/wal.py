@@ -12,8 +12,9 @@ Format: a sequence of frames ``length (u32 BE) | crc32 (u32 BE) | payload``,
 
 * a short or CRC-bad *last* frame is a torn write (the crash hit mid-append): it
   was never synced, so no message depending on it was sent; it is truncated;
-* a bad frame with bytes after it, a length over the limit or a CRC-good frame
-  that does not decode is real corruption: :class:`WALCorruptionError` naming
+* a bad frame with bytes after it, a length that runs past intact frames, a
+  length over the limit or a CRC-good frame that does not decode is real
+  corruption: :class:`WALCorruptionError` naming
   the offset, and the node must not start.
 
 The log stays bounded: when a checkpoint becomes stable the core asks for a
@@ -91,7 +92,10 @@ def scan_frames(data: bytes) -> tuple[list[WalRecord], int]:
         body_start = off + _HEADER.size
         body_end = body_start + length
         if body_end > end:
-            break  # torn body
+            # Torn body -- unless a damaged length hides intact frames behind it.
+            if _intact_frame_within(data, off + 1):
+                raise WALCorruptionError("frame length runs past intact frames", off)
+            break
         payload = data[body_start:body_end]
         if zlib.crc32(payload) != crc:
             if body_end == end:
@@ -103,6 +107,17 @@ def scan_frames(data: bytes) -> tuple[list[WalRecord], int]:
             raise WALCorruptionError("undecodable record", off) from None
         off = body_end
     return records, off
+
+
+def _intact_frame_within(data: bytes, start: int) -> bool:
+    """True if some complete, CRC-valid frame begins at or after ``start``."""
+    end = len(data)
+    for pos in range(start, end - _HEADER.size + 1):
+        length, crc = _HEADER.unpack_from(data, pos)
+        body = pos + _HEADER.size
+        if 0 < length <= end - body and zlib.crc32(data[body : body + length]) == crc:
+            return True
+    return False
 
 
 class FileWAL:

@@ -37,9 +37,8 @@ def tagged_hash(tag: bytes, data: bytes) -> bytes:
 # so a ciphertext is bound both to its record id and to its role in this protocol.
 AD_RECORD = b"medledger/record-ad/v1\x00"
 
-# State tree domains (helper A, ledger/state_tree.py): leaf = (key, value hash),
-# bucket = its sorted leaves, node = its 16 children; genesis document hash.
-H_STATE_LEAF = b"medledger/state-leaf/v1\x00"
+# State tree domains (helper A, ledger/state_tree.py): bucket = its sorted
+# (key, value hash) leaves, node = its 16 children; genesis document hash.
 H_STATE_BUCKET = b"medledger/state-bucket/v1\x00"
 H_STATE_NODE = b"medledger/state-node/v1\x00"
 H_GENESIS = b"medledger/genesis/v1\x00"

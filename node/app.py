@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
@@ -43,10 +43,11 @@ from ledger.genesis import (
 from ledger.keys import KeyPair
 from ledger.merkle import prove
 from ledger.results import decode_results
+from ledger.state import KIND_CLINICIAN, KIND_ORGANISATION, KIND_PATIENT, StateView
 from ledger.tx import Tx, tx_hash
 from ledger.validate import SigCache
 from node.api.app import ApiSettings, create_app
-from node.api.facade import BlockView, NodeStatus, NotReadyError, TxStatus
+from node.api.facade import AccountView, BlockView, NodeStatus, NotReadyError, TxStatus
 from node.api.server import ServerSettings, serve_api
 from node.config import Config
 from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
@@ -341,6 +342,13 @@ def _block_time(store: Store, height: int, genesis: Genesis) -> int:
     return codec.decode(raw, Block).header.time_ms
 
 
+_KINDS: dict[int, Literal["organisation", "clinician", "patient"]] = {
+    KIND_ORGANISATION: "organisation",
+    KIND_CLINICIAN: "clinician",
+    KIND_PATIENT: "patient",
+}
+
+
 class NodeFacadeImpl:
     """:class:`node.api.facade.NodeFacade` over a running :class:`Node`."""
 
@@ -411,6 +419,19 @@ class NodeFacadeImpl:
             "inclusion": prove(hashes, index),
             "certificate": cert,
         }
+
+    async def account(self, key: bytes) -> AccountView:
+        p = self._p
+        ident = StateView(p.store).identity(key)
+        if ident is None:
+            raise NotFoundError("no identity is registered under that key")
+        return AccountView(
+            key=key,
+            kind=_KINDS[ident.kind],
+            org=ident.org,
+            nonce=ident.nonce,
+            next_nonce=p.mempool.next_nonce(key, ident.nonce),
+        )
 
     async def block(self, height: int | None) -> BlockView:
         p = self._p

@@ -104,6 +104,7 @@ class LedgerApplication:
         self._decoded: OrderedDict[bytes, Block] = OrderedDict()  # block bytes hash -> Block
         self._decoded_cap = max(8, 4 * self._params.window)
         self._decoded_lock = threading.Lock()
+        self._tx_hashes: OrderedDict[bytes, list[bytes]] = OrderedDict()  # block hash -> hashes
         self._executed: deque[CommitInfo] = deque()  # filled by commit(), drained by after_commit()
 
     # -- decoding ----------------------------------------------------------------
@@ -129,6 +130,19 @@ class LedgerApplication:
             if len(self._decoded) > self._decoded_cap:
                 self._decoded.popitem(last=False)
         return block
+
+    def _hashes_of(self, block: Block) -> list[bytes]:
+        """Tx hashes of ``block`` in order, computed once per block (validate, commit, reap)."""
+        key = block.hash()
+        with self._decoded_lock:
+            hashes = self._tx_hashes.get(key)
+        if hashes is None:
+            hashes = [tx_hash(codec.encode(tx)) for tx in block.txs]
+            with self._decoded_lock:
+                self._tx_hashes[key] = hashes
+                if len(self._tx_hashes) > self._decoded_cap:
+                    self._tx_hashes.popitem(last=False)
+        return hashes
 
     def digest_of(self, block: bytes) -> bytes | None:
         decoded = self._decode(block)
@@ -176,7 +190,7 @@ class LedgerApplication:
 
     def propose(self, height: int, parent: bytes, ancestors: Sequence[bytes]) -> bytes | None:
         blocks = [b for b in (self._decode(a) for a in ancestors) if b is not None]
-        in_flight = {tx_hash(codec.encode(tx)) for b in blocks for tx in b.txs}
+        in_flight = {h for b in blocks for h in self._hashes_of(b)}
         pending = self._mempool.reap(
             self._params.max_block_txs, self._params.max_block_bytes - 1024, skip=in_flight
         )
@@ -234,14 +248,12 @@ class LedgerApplication:
             return Verdict.not_yet(f"state after height {height - self._params.window} unknown")
         if h.state_root != root:
             return Verdict.invalid("state root does not match")
-        seen = {tx_hash(codec.encode(tx)) for b in ancestor_blocks for tx in b.txs}
-        hashes: list[bytes] = []
-        for tx in decoded.txs:
-            txh = tx_hash(codec.encode(tx))
+        seen = {x for b in ancestor_blocks for x in self._hashes_of(b)}
+        hashes = self._hashes_of(decoded)
+        for tx, txh in zip(decoded.txs, hashes, strict=True):
             if txh in seen or self._store.tx_location(txh) is not None:
                 return Verdict.invalid(f"tx {txh.hex()[:16]} is repeated")
             seen.add(txh)
-            hashes.append(txh)
             try:
                 check_tx(tx, txh, self._ctx.chain_id, self._ctx.limits, self._ctx.sig_cache)
             except LedgerError as exc:
@@ -256,8 +268,9 @@ class LedgerApplication:
         decoded = self._decode(block)
         if decoded is None:  # consensus only commits what validated or carries a certificate
             raise LedgerError(f"committed block at height {height} does not decode")
-        result = apply_block(self._store, decoded, self._ctx, self._tree)
-        blob_puts, missing = self._blobs_for(decoded.txs)
+        hashes = self._hashes_of(decoded)
+        result = apply_block(self._store, decoded, self._ctx, self._tree, tx_hashes=hashes)
+        blob_puts, missing = self._blobs_for(decoded.txs, hashes)
         erased = set(result.blob_deletes)
         bundle = result.bundle(
             block_hash=decoded.hash(),
@@ -295,15 +308,17 @@ class LedgerApplication:
             done.append(info)
         return done
 
-    def _blobs_for(self, txs: Sequence[Tx]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    def _blobs_for(
+        self, txs: Sequence[Tx], hashes: Sequence[bytes]
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         """Sidecar blobs of ``txs`` held by the mempool, and the hashes we lack."""
         puts: list[tuple[bytes, bytes]] = []
         missing: list[bytes] = []
-        for tx in txs:
+        for tx, txh in zip(txs, hashes, strict=True):
             wanted = _blob_hash_of(tx)
             if wanted is None or self._store.has_blob(wanted):
                 continue
-            pending = self._mempool.get(tx_hash(codec.encode(tx)))
+            pending = self._mempool.get(txh)
             if pending is not None and pending.blob is not None:
                 puts.append((wanted, pending.blob))
             else:

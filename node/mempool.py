@@ -456,6 +456,14 @@ class Mempool:
         entry = self._by_hash.get(txh)
         return entry.pending if entry is not None else None
 
+    def next_nonce(self, sender: bytes, committed_next: int) -> int:
+        """The nonce a client should sign next: past every contiguous pending tx of ``sender``."""
+        by_nonce = self._senders.get(sender, {})
+        nonce = committed_next
+        while nonce in by_nonce:
+            nonce += 1
+        return nonce
+
     def statistics(self) -> MempoolStatistics:
         return MempoolStatistics(
             txs=len(self._by_hash),

@@ -136,6 +136,9 @@ make_wheels() {
     if ! "${pipw[@]}" --no-index -w "$CACHE" "setuptools>=68" wheel >/dev/null 2>&1; then
         "${pipw[@]}" -w "$CACHE" "setuptools>=68" wheel
     fi
+    # A fixed SOURCE_DATE_EPOCH makes the project wheel a function of the sources
+    # alone, so unchanged sources hit the image build cache.
+    pipw=(env SOURCE_DATE_EPOCH=315532800 "${pipw[@]:1}")
     if "${pipw[@]}" --no-index -w "$out" "$src" >/dev/null 2>&1; then
         log "wheels: all dependencies found in testnet/.wheels/cache (offline)"
     else

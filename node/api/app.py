@@ -353,6 +353,14 @@ def create_app(
         )
 
     @app.get(
+        "/v1/accounts/{key}",
+        summary="a registered identity's role and next nonce (committed and with pending txs)",
+        responses={400: _ERROR_DOC, 404: _ERROR_DOC},
+    )
+    async def account(key: str) -> Response:
+        return json_response(await facade.account(parse_hex(key, "key", size=32)))
+
+    @app.get(
         "/v1/txs/{tx_hash}",
         summary="pending | committed (height, index, result code) | unknown",
         responses={400: _ERROR_DOC},

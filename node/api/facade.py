@@ -65,6 +65,17 @@ class BlockView:
     certificate: object  # the commit certificate record
 
 
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """``GET /v1/accounts/{key}``: what a client needs to sign its next tx."""
+
+    key: bytes
+    kind: Literal["organisation", "clinician", "patient"]
+    org: bytes  # the organisation itself, the clinician's employer, the patient's registrar
+    nonce: int  # next nonce after the committed state
+    next_nonce: int  # next nonce after this node's pending txs of the key
+
+
 class NodeFacade(Protocol):
     """The node as the API sees it. Async methods may wait on storage or consensus."""
 
@@ -89,6 +100,10 @@ class NodeFacade(Protocol):
         ...
 
     async def tx_status(self, tx_hash: bytes, prove: bool) -> TxStatus: ...
+
+    async def account(self, key: bytes) -> AccountView:
+        """A registered identity's role and nonces; ``NotFoundError`` if unknown."""
+        ...
 
     async def block(self, height: int | None) -> BlockView:
         """The committed block at ``height`` (``None``: the latest); ``NotFoundError`` if none."""

@@ -6,7 +6,9 @@ Byzantine: equivocating primary, withheld votes, bogus view changes, forged
 state transfer), heals everything, submits fresh txs, and checks: agreement,
 validity, no tx committed twice, a valid certificate on every committed
 block, no honest double vote, and liveness after the heal within a bounded
-simulated time. A failing seed is printed with a one-line replay command.
+simulated time. Scenarios (see :func:`consensus.testing.run_schedule`): faults,
+byzantine, chaos (rolling faults) and byzantine_chaos. A failing seed is
+printed with a one-line replay command.
 
 Seeds move with ``MEDLEDGER_SIM_SEED_BASE`` (default 0) so CI can explore new
 schedules while every failure still replays exactly.
@@ -39,7 +41,12 @@ def _run_chunk(n: int, scenario: str, start: int, count: int) -> None:
 
 # (scenario, first seed, count): 500 schedules for n = 4, 100 for n = 7
 N4 = [("faults", 0, 200), ("byzantine", 0, 150), ("chaos", 0, 150)]
-N7 = [("faults", 1000, 40), ("byzantine", 1000, 30), ("chaos", 1000, 30)]
+N7 = [
+    ("faults", 1000, 25),
+    ("byzantine", 1000, 25),
+    ("chaos", 1000, 25),
+    ("byzantine_chaos", 1000, 25),
+]
 
 
 def _chunks(plan: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:

@@ -112,3 +112,32 @@ def test_memory_wal_loses_unsynced_on_crash() -> None:
     wal.append(b)
     wal.crash()
     assert wal.records() == [a]
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_FRAMES = [encode_frame(r) for r in _records(6)]
+_LOG = b"".join(_FRAMES)
+
+
+@given(st.integers(min_value=0, max_value=len(_LOG)))
+def test_any_truncation_replays_a_prefix(cut: int) -> None:
+    records, valid = scan_frames(_LOG[:cut])
+    assert records == _records(6)[: len(records)]
+    assert valid <= cut
+    assert cut - valid < len(_FRAMES[0])  # at most one (torn) frame is dropped
+
+
+@given(st.integers(min_value=0, max_value=len(_LOG) - 1), st.integers(1, 255))
+def test_any_flipped_byte_is_detected(pos: int, flip: int) -> None:
+    """Damage before the last frame is always an error; in it, at most a torn tail."""
+    data = bytearray(_LOG)
+    data[pos] ^= flip
+    last_frame_start = len(_LOG) - len(_FRAMES[-1])
+    try:
+        records, _ = scan_frames(bytes(data))
+    except WALCorruptionError:
+        return
+    assert pos >= last_frame_start
+    assert records == _records(5)

@@ -12,29 +12,28 @@ removed in a finalizer, also when the test fails.
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import shutil
-import socket
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from node import compose
 
 from .helpers import (
-    REPO,
+    PY,
+    Images,
+    Resources,
     compose_command,
-    docker_unavailable_reason,
+    compose_project,
     free_port,
+    free_port_block,
+    health,
+    http_get,
+    inspect,
+    prom_query,
+    prom_ready,
+    prom_targets,
     run,
     wait_for,
 )
@@ -45,7 +44,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 
 def test_node_image_interface(images: Images) -> None:
-    config = _inspect(images.node)["Config"]
+    config = inspect(images.node)["Config"]
     assert config["User"] == "medledger"
     assert config["Entrypoint"] == ["/opt/medledger/bin/medledger"]
     assert config["Cmd"] == ["start", "--config", "/data/config.toml"]
@@ -98,11 +97,11 @@ def test_healthcheck_follows_the_health_endpoint(images: Images, res: Resources)
             "--health-start-period", "1s"]  # fmt: skip
     good = res.container("good", *fast, images.fake_node)
     bad = res.container("bad", *fast, "-e", "FAKE_NODE_HEALTH=503", images.fake_node)
-    wait_for(lambda: _health(good) == "healthy", timeout=120, what="a healthy node")
-    wait_for(lambda: _health(bad) == "unhealthy", timeout=120, what="an unhealthy node")
-    log = _inspect(bad)["State"]["Health"]["Log"]
+    wait_for(lambda: health(good) == "healthy", timeout=120, what="a healthy node")
+    wait_for(lambda: health(bad) == "unhealthy", timeout=120, what="an unhealthy node")
+    log = inspect(bad)["State"]["Health"]["Log"]
     assert all(entry["ExitCode"] != 0 for entry in log)
-    assert _health(good) == "healthy"
+    assert health(good) == "healthy"
 
 
 # -- Prometheus ---------------------------------------------------------------------
@@ -122,50 +121,23 @@ def test_prometheus_scrapes_a_node_on_a_container_network(
         "-v", f"{prom_yml}:/etc/prometheus/prometheus.yml:ro", images.prometheus,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _prom_ready(base), timeout=120, what="Prometheus /-/ready")
+    wait_for(lambda: prom_ready(base), timeout=120, what="Prometheus /-/ready")
 
     def node0_up() -> list[dict[str, Any]] | None:
-        targets = _prom_targets(base)
+        targets = prom_targets(base)
         return targets if [t["health"] for t in targets] == ["up"] else None
 
     (target,) = wait_for(node0_up, timeout=120, what="node0 scraped as up")
     assert target["labels"]["instance"] == "node0:26657"
     (sample,) = wait_for(
-        lambda: _prom_query(base, "medledger_consensus_height"), timeout=60, what="medledger_consensus_height"
+        lambda: prom_query(base, "medledger_consensus_height"),
+        timeout=60,
+        what="medledger_consensus_height",
     )
     assert sample["value"][1] == "7"
 
 
 # -- the generated compose file, brought up for real --------------------------------
-
-
-def _free_port_block(count: int) -> int:
-    """A base port whose ``count`` consecutive ports are free on 127.0.0.1."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 60000)
-        ports = range(base, base + count)
-        if all(_port_free(p) for p in ports):
-            return base
-    raise AssertionError("no block of free ports found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _project_leftovers(project: str) -> list[str]:
-    label = f"label=com.docker.compose.project={project}"
-    found = []
-    for kind in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
-        out = run(["docker", *kind, "-q", "--filter", label]).stdout.split()
-        found += [f"{kind[0]}:{x}" for x in out]
-    return found
 
 
 def test_compose_testnet_comes_up_scraped_and_goes_away(images: Images, tmp_path: Path) -> None:
@@ -181,7 +153,7 @@ def test_compose_testnet_comes_up_scraped_and_goes_away(images: Images, tmp_path
         node_dir.mkdir()
         (node_dir / "config.toml").write_text(f"{i}\n")
         compose.grant_container_access(node_dir)
-    api_base = _free_port_block(n + 1)
+    api_base = free_port_block(n + 1)
     settings = replace(
         compose.ComposeSettings(validators=n),
         host_api_port_base=api_base,
@@ -190,14 +162,11 @@ def test_compose_testnet_comes_up_scraped_and_goes_away(images: Images, tmp_path
     )
     files = compose.write_compose(net_dir, n, settings=settings)
     assert files.prometheus is not None
-    project = f"medledgertest{uuid.uuid4().hex[:8]}"
-    cmd = [*tool, "-p", project, "-f", str(files.compose)]
-    env = {**os.environ, "MEDLEDGER_NODE_IMAGE": images.fake_node,
-           "MEDLEDGER_PROMETHEUS_IMAGE": images.prometheus}  # fmt: skip
-    try:
-        up = subprocess.run([*cmd, "up", "-d"], env=env, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
-        assert up.returncode == 0, up.stderr[-3000:]
+    env = {
+        "MEDLEDGER_NODE_IMAGE": images.fake_node,
+        "MEDLEDGER_PROMETHEUS_IMAGE": images.prometheus,
+    }
+    with compose_project(tool, files.compose, env) as cmd:
         ids = run([*cmd, "ps", "-q"]).stdout.split()
         assert len(ids) == n + 1
 
@@ -205,16 +174,16 @@ def test_compose_testnet_comes_up_scraped_and_goes_away(images: Images, tmp_path
         # on its published loopback port.
         for i in range(n):
             cid = run([*cmd, "ps", "-q", f"node{i}"]).stdout.strip()
-            wait_for(lambda cid=cid: _health(cid) == "healthy", timeout=180,
+            wait_for(lambda cid=cid: health(cid) == "healthy", timeout=180,
                      what=f"node{i} healthy")  # fmt: skip
-            r = _get(f"http://127.0.0.1:{api_base + i}/health")
+            r = http_get(f"http://127.0.0.1:{api_base + i}/health")
             assert r is not None and r.status_code == 200
 
         base = f"http://127.0.0.1:{api_base + n}"
-        wait_for(lambda: _prom_ready(base), timeout=120, what="Prometheus /-/ready")
+        wait_for(lambda: prom_ready(base), timeout=120, what="Prometheus /-/ready")
 
         def all_up() -> list[dict[str, Any]] | None:
-            targets = _prom_targets(base)
+            targets = prom_targets(base)
             ok = len(targets) == n and all(t["health"] == "up" for t in targets)
             return targets if ok else None
 
@@ -224,18 +193,13 @@ def test_compose_testnet_comes_up_scraped_and_goes_away(images: Images, tmp_path
         ]
 
         def heights() -> dict[str, str] | None:
-            result = _prom_query(base, "medledger_consensus_height")
+            result = prom_query(base, "medledger_consensus_height")
             got = {s["metric"]["instance"]: s["value"][1] for s in result}
             return got if len(got) == n else None
 
         # Each node read its own config dir (the fake reports 7 + its index).
-        assert wait_for(heights, timeout=60, what="medledger_consensus_height from every node") == {
+        assert wait_for(heights, timeout=60, what="a height from every node") == {
             f"node{i}:26657": str(7 + i) for i in range(n)
         }
-        up_query = _prom_query(base, 'sum(up{job="medledger"})')
+        up_query = prom_query(base, 'sum(up{job="medledger"})')
         assert up_query[0]["value"][1] == str(n)
-    finally:
-        down = subprocess.run([*cmd, "down", "-v", "--remove-orphans"], env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert down.returncode == 0, down.stderr[-2000:]
-    assert _project_leftovers(project) == []

@@ -51,7 +51,7 @@ from ledger.tx import (
     ValidatorSetChange,
     make_tx,
 )
-from ledger.validate import SigCache
+from ledger.validate import Limits, SigCache
 
 CHAIN = "medledger-test"
 T0 = 1_700_000_000_000
@@ -675,42 +675,54 @@ _CONSENTS = ["c1", "c2"]
 @st.composite
 def random_bodies(draw: st.DrawFn) -> tuple[KeyPair, Body]:
     """A signer and a body from a small universe, so that rules both pass and fail."""
-    signer = draw(st.sampled_from(_ACTORS))
+    def signer_or(*likely: KeyPair) -> KeyPair:
+        pool = list(likely) if draw(st.sampled_from([True, True, True, False])) else _ACTORS
+        return draw(st.sampled_from(pool))
+
     who = draw(st.sampled_from(_ACTORS))
     name = draw(st.sampled_from(_NAMES))
     kind = draw(st.integers(0, 8))
     body: Body
     if kind == 0:
+        signer = signer_or(HOSP_A, HOSP_B)
         body = RegisterClinician(key(draw(st.sampled_from(["n1", "n2"]))).public_key, "N")
     elif kind == 1:
+        signer = signer_or(HOSP_A, HOSP_B)
         body = RegisterPatient(key(draw(st.sampled_from(["p1", "p2"]))).public_key)
     elif kind == 2:
+        signer = signer_or(HOSP_A, DOC)
         patient = draw(st.sampled_from([PAT, PAT2]))
         prev = draw(st.one_of(st.none(), st.sampled_from(_NAMES)))
         body = anchor(name, patient, draw(st.sampled_from(["lab", "imaging"])),
                       None if prev == name else prev,
-                      custodian=draw(st.sampled_from([HOSP_A, HOSP_B])))
+                      custodian=draw(st.sampled_from([HOSP_A, HOSP_A, HOSP_B])))
     elif kind == 3:
+        signer = signer_or(PAT, PAT2)
         body = grant(draw(st.sampled_from(_CONSENTS)), who,
                      categories=draw(st.sampled_from([("lab",), ("imaging", "lab")])),
                      emergency=draw(st.booleans()))
     elif kind == 4:
+        signer = signer_or(PAT, PAT2)
         body = RevokeConsent(rid(draw(st.sampled_from(_CONSENTS))))
     elif kind == 5:
+        signer = signer_or(*_ACTORS)
         body = RecordAccess(rid(name), "TREAT",
                             emergency_reason=draw(st.sampled_from([None, "BTG", "NO"])))
     elif kind == 6:
+        signer = signer_or(HOSP_A)
         body = KeyRelease(rid(name), who.public_key, bh(f"w-{name}-{who.public_key.hex()}"))
     elif kind == 7:
+        signer = signer_or(PAT, PAT2)
         body = EraseRecord(rid(name))
     else:
+        signer = signer_or(*_ACTORS)
         body = ValidatorSetChange([], [])
     return signer, body
 
 
 @settings(max_examples=40)
 @given(st.lists(st.lists(random_bodies(), max_size=12), min_size=1, max_size=4),
-       st.lists(st.sampled_from([None, -1, 1]), min_size=48, max_size=48))
+       st.lists(st.sampled_from([None] * 10 + [-1, 1]), min_size=48, max_size=48))
 def test_random_workloads_are_deterministic(
     blocks: list[list[tuple[KeyPair, Body]]], nonce_noise: list[int | None]
 ) -> None:
@@ -734,3 +746,15 @@ def test_random_workloads_are_deterministic(
         assert (ra.state_root, ra.state_writes, ra.tree_writes, ra.blob_deletes) == (
             rb.state_root, rb.state_writes, rb.tree_writes, rb.blob_deletes)
     assert a.tree is not None and StateTree.load(b.store).root == a.tree.root
+
+
+def test_oversized_and_malformed_fields_in_a_block_change_nothing() -> None:
+    chain = populated(Chain.new())
+    small = ApplyContext(CHAIN, chain.ctx.policy, Limits(max_tx_bytes=200))
+    big = make_tx(HOSP_A, CHAIN, chain.nonces[HOSP_A.public_key],
+                  RegisterClinician(key("n").public_key, "x" * 60))
+    short_key = make_tx(HOSP_A, CHAIN, chain.nonces[HOSP_A.public_key],
+                        RegisterPatient(b"\x01" * 31))
+    result = apply_block(chain.store, chain.block([big, short_key]), small, chain.tree)
+    assert [r.code for r in result.results] == ["TOO_LARGE", "INVALID_TX"]
+    assert result.state_writes == [] and result.state_root == chain.root()

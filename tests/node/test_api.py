@@ -37,6 +37,7 @@ from node.api import (
     serve_api,
 )
 from node.api.auth import ReplayCacheFullError
+from node.api.facade import AccountView
 from node.client import sign_request
 from node.mempool import AlreadyKnownError, Mempool, MempoolFullError, MempoolSettings
 from node.metrics import NodeMetrics
@@ -104,6 +105,11 @@ class FakeFacade:
             except LedgerError as exc:
                 out.append(exc)
         return out
+
+    async def account(self, key: bytes) -> AccountView:
+        if key != b"\x07" * 32:
+            raise NotFoundError("no identity is registered under that key")
+        return AccountView(key, "organisation", key, nonce=4, next_nonce=6)
 
     async def tx_status(self, tx_hash: bytes, prove: bool) -> TxStatus:
         if tx_hash == b"\x00" * 32:
@@ -194,6 +200,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         "/v1/txs",
         "/v1/txs/batch",
         "/v1/txs/{tx_hash}",
+        "/v1/accounts/{key}",
         "/v1/blocks/latest",
         "/v1/blocks/{height}",
         "/v1/records/{record_id}",
@@ -318,6 +325,18 @@ async def test_batch_has_per_tx_results(client: httpx.AsyncClient) -> None:
 
 
 # --- queries ------------------------------------------------------------------------------------
+
+
+async def test_account(client: httpx.AsyncClient) -> None:
+    key = "07" * 32
+    body = (await client.get(f"/v1/accounts/{key}")).json()
+    assert body == {
+        "key": key, "kind": "organisation", "org": key, "nonce": 4, "next_nonce": 6,
+    }
+    r = await client.get(f"/v1/accounts/{'08' * 32}")
+    assert r.status_code == 404 and error_code(r) == "NOT_FOUND"
+    r = await client.get("/v1/accounts/0708")
+    assert r.status_code == 400 and error_code(r) == "MALFORMED"
 
 
 async def test_tx_status(client: httpx.AsyncClient) -> None:
