@@ -17,6 +17,7 @@ needs no flush: every vote was synced before it was sent.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import time
@@ -47,9 +48,10 @@ from ledger.state import KIND_CLINICIAN, KIND_ORGANISATION, KIND_PATIENT, StateV
 from ledger.tx import Tx, tx_hash
 from ledger.validate import SigCache
 from node.api.app import ApiSettings, create_app
-from node.api.facade import AccountView, BlockView, NodeStatus, NotReadyError, TxStatus
+from node.api.facade import AccountView, BlockView, NodeStatus, TxStatus
 from node.api.server import ServerSettings, serve_api
-from node.config import Config
+from node.clinical.wiring import ClinicalParts, build_clinical
+from node.config import Config, ConfigError
 from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
 from node.keyfile import load_key_file
 from node.ledger_app import CommitInfo, LedgerApplication, open_chain
@@ -122,6 +124,7 @@ class Node:
 
     def __init__(self, parts: NodeParts) -> None:
         self.parts = parts
+        self.clinical: ClinicalParts = build_clinical(parts, clock_ms=wall_clock_ms)
         self._ready_height = 0
         self._last_commit_at: float | None = None
 
@@ -187,6 +190,7 @@ class Node:
             ctx=ctx,
             clock_ms=wall_clock_ms,
             on_commit=on_commit,
+            batch_wait_s=config.consensus.block_interval_s,
         )
         validators = ValidatorSet(genesis.chain_id, genesis.validators)
         wal = FileWAL(config.node.data_dir / "consensus.wal")
@@ -224,10 +228,12 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(p.transport.run)
                 await nursery.start(p.service.run)
+                await nursery.start(self.clinical.key_release.run)
                 nursery.start_soon(self._pump_consensus)
                 nursery.start_soon(self._pump_batches)
                 await nursery.start(p.mempool.run_gossip, p.transport.publish_batch)
                 nursery.start_soon(self._refresh_gauges)
+                nursery.start_soon(self._poke_proposer)
                 await nursery.start(partial(run_stall_watchdog, metrics=p.metrics))
                 api = create_app(
                     NodeFacadeImpl(self),
@@ -278,6 +284,16 @@ class Node:
             if outcome.accepted:
                 p.service.notify_pending()
 
+    async def _poke_proposer(self) -> None:
+        """Re-poll the core while txs wait, so a proposal held back for batching
+        (see ``LedgerApplication.proposal_deferred``) leaves within the interval."""
+        p = self.parts
+        interval = max(0.005, p.config.consensus.block_interval_s / 2)
+        while True:
+            await trio.sleep(interval)
+            if p.app.has_pending():
+                p.service.notify_pending()
+
     async def _refresh_gauges(self) -> None:
         p = self.parts
         while True:
@@ -301,6 +317,7 @@ class Node:
         m.committed_blocks.inc()
         m.committed_txs.inc(len(info.block.txs))
         m.block_txs.observe(len(info.block.txs))
+        self.clinical.key_release.notify()
 
     def _evidence(self, evidence: Evidence) -> None:
         log.warning("equivocation evidence from validator %s", evidence.validator.hex()[:16])
@@ -452,10 +469,10 @@ class NodeFacadeImpl:
         )
 
     async def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> object:
-        raise NotReadyError("record reads arrive with the clinical workflows")
+        return self._node.clinical.reads.read_record(record_id, reader, access_tx)
 
     async def patient_audit(self, patient: bytes, reader: bytes) -> object:
-        raise NotReadyError("audit reads arrive with the clinical workflows")
+        return self._node.clinical.reads.patient_audit(patient, reader)
 
 
 def codec_tx_hash(tx: Tx) -> bytes:
@@ -470,4 +487,15 @@ def run(config: Config, doc: GenesisDoc, key: KeyPair) -> None:
     )
     handler.addFilter(_drop_root_logger_noise)
     node = Node.open(config, doc=doc, key=key)
-    trio.run(node.run)
+    try:
+        trio.run(node.run)
+    except* OSError as group:
+        exc = group.exceptions[0]
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        if getattr(exc, "errno", None) == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{config.source}: api.listen {config.api.listen.host}:{config.api.listen.port} "
+                "or p2p.listen: address already in use"
+            ) from None
+        raise

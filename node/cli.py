@@ -26,6 +26,7 @@ import httpx
 
 from ledger.errors import LedgerError
 from ledger.keys import KeyPair
+from node.bench import bench as bench_command
 from node.config import ConfigError, HostPort, load_config
 from node.genesis_file import (
     GenesisDoc,
@@ -363,6 +364,87 @@ def status(node_url: str, timeout: float) -> None:
         message = err.get("message", "") if isinstance(err, dict) else ""
         _fail(f"{url}: HTTP {r.status_code} {code} {message}".rstrip())
     _print_json(body)
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+@cli.command("load")
+@click.option("--node", "nodes", multiple=True, help="Node API URL (repeat for several nodes).")
+@click.option(
+    "--key", "keys", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="Hospital key file that signs the load (repeat; the i-th key submits via the i-th node).",
+)
+@click.option(
+    "--testnet", "testnet_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="A `testnet init` directory: use every node's URL and hospital key.",
+)
+@click.option("--rate", type=click.FloatRange(min=0.1), default=200.0, show_default=True,
+              help="Offered load in tx/s (open loop).")
+@click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--timeout", "commit_timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for commits after the last submission.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the figures as JSON to this file.")
+def load(
+    nodes: tuple[str, ...], keys: tuple[Path, ...], testnet_dir: Path | None, rate: float,
+    count: int, commit_timeout: float, json_out: Path | None,
+) -> None:
+    """Smoke-test a network: pre-signed patient registrations at RATE tx/s.
+
+    Prints accepted, rejected and committed counts and submit-to-commit
+    latency percentiles; every accepted tx must commit exactly once.
+    """
+    import trio
+
+    from node.load import prepare_registrations, run_load
+
+    urls, key_files = list(nodes), list(keys)
+    if testnet_dir is not None:
+        runner = importlib.import_module("node.runner")
+        net = runner.LocalTestnet(testnet_dir.resolve(), len(list(testnet_dir.glob("node*"))))
+        net.init()
+        urls = urls or [n.api_url for n in net.nodes]
+        key_files = key_files or [n.home / "node_key.json" for n in net.nodes]
+    if not urls or not key_files:
+        raise click.UsageError("give --node and --key, or --testnet DIR")
+    signers = [load_key_file(k) for k in key_files]
+    with httpx.Client(timeout=10) as client:
+        try:
+            chain_id = client.get(f"{urls[0]}/v1/status").raise_for_status().json()["chain_id"]
+            lanes = []
+            for i, signer in enumerate(signers):
+                url = urls[i % len(urls)]
+                r = client.get(f"{url}/v1/accounts/{signer.public_key.hex()}")
+                if r.status_code == 404:
+                    _fail(f"{key_files[i]}: key is not registered on {url}")
+                lanes.append((signer, int(r.raise_for_status().json()["next_nonce"])))
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the network: {exc.__class__.__name__}: {exc}")
+    txs = prepare_registrations(lanes, chain_id, count, seed=time.time_ns())
+    lane_urls = [urls[i % len(urls)] for i in range(len(lanes))]
+    report = trio.run(
+        lambda: run_load(lane_urls, txs, rate=rate, commit_timeout_s=commit_timeout)
+    )
+    summary = report.summary()
+    _print_json(summary)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if report.committed != report.accepted:
+        _fail(f"{report.accepted - report.committed} accepted txs did not commit in time")
+
+
+# --- bench (node/bench/) ----------------------------------------------------------------
+
+cli.add_command(bench_command)
+
+
+# --- clinical workflows (node/clinical/cli.py) ------------------------------------------
+
+from node.clinical.cli import COMMANDS as _CLINICAL_COMMANDS  # noqa: E402
+
+for _command in _CLINICAL_COMMANDS:
+    cli.add_command(_command)
 
 
 # --- entry point -----------------------------------------------------------------------

@@ -182,7 +182,7 @@ class ConsensusConfig:
     timeout_base_s: float = field(default=2.0, metadata=_limits(0.001, 3600))
     timeout_backoff: float = field(default=2.0, metadata=_limits(1.0, 16.0))
     timeout_cap_s: float = field(default=60.0, metadata=_limits(0.001, 86400))
-    window: int = field(default=200, metadata=_limits(1, 1 << 20))
+    window: int = field(default=4, metadata=_limits(1, 1 << 20))
     checkpoint_interval: int = field(default=100, metadata=_limits(1, 1 << 20))
     max_block_txs: int = field(default=2000, metadata=_limits(1, 1 << 20))
     max_block_bytes: int = field(default=4 * 1024 * 1024, metadata=_limits(1024, 256 << 20))

@@ -84,7 +84,7 @@ class ValidatorEntry:
 class ConsensusParams:
     """Parameters every validator must share (local timing lives in the config)."""
 
-    window: int = 200
+    window: int = 4
     checkpoint_interval: int = 100
     max_block_txs: int = 2000
     max_block_bytes: int = 4 * 1024 * 1024

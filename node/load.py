@@ -40,7 +40,8 @@ def prepare_registrations(
 ) -> list[PreparedTx]:
     """``count`` RegisterPatient txs, round-robin over ``orgs`` (key, next nonce).
 
-    Patient keys come from a seeded derivation, so a run is reproducible.
+    Patient keys come from a seeded derivation, so a run is reproducible;
+    distinct seeds give distinct patients (a second run must not re-register).
     """
     out: list[PreparedTx] = []
     nonces = [nonce for _, nonce in orgs]
@@ -76,7 +77,7 @@ def prepare_consents(
 
 
 def _seed32(seed: int, i: int) -> bytes:
-    return (seed.to_bytes(8, "big") + i.to_bytes(8, "big")) * 2
+    return b"load" + seed.to_bytes(16, "big") + i.to_bytes(12, "big")
 
 
 def _prepared(tx: Tx, lane: int) -> PreparedTx:

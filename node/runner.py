@@ -10,7 +10,9 @@ tests apply.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,6 +92,25 @@ class LocalNode:
             return False
 
 
+def _free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports free right now, at a random base."""
+    rng = random.Random()  # only picks where to look; not part of any test's outcome
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000 - count)
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise TestnetError(f"no {count} consecutive free ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _api_url(config_path: Path) -> str:
     with config_path.open("rb") as f:
         cfg = tomllib.load(f)
@@ -128,10 +149,15 @@ class LocalTestnet:
     def init(self) -> None:
         """Write genesis, keys and configs unless they already exist."""
         if not self.genesis_path.exists():
+            extra = list(self.extra_init_args)
+            if "--base-port" not in extra:
+                # Several testnets may be initialised before any binds its ports:
+                # start each at a port range of its own rather than at the default.
+                extra += ["--base-port", str(_free_port_range(2 * self.validators))]
             cmd = [
                 self.python, "-m", "node", "testnet", "init",
                 "--validators", str(self.validators), "--out", str(self.root),
-                *self.extra_init_args,
+                *extra,
             ]
             done = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
             if done.returncode != 0:

@@ -25,7 +25,8 @@
 #   MEDLEDGER_NODE_IMAGE   node image tag            (default medledger-node:dev)
 #   MEDLEDGER_PROMETHEUS_IMAGE  prometheus image tag (default medledger-prometheus:dev)
 #   DEBIAN_MIRROR          debootstrap mirror        (default http://deb.debian.org/debian)
-#   PYTHON                 python that builds wheels (default .venv/bin/python, else python3)
+#   PYTHON                 python that builds wheels (default $MEDLEDGER_VENV/bin/python,
+#                          MEDLEDGER_VENV defaulting to .venv; else python3)
 #   REBUILD_BASE=1         rebuild the base image even if it exists
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,8 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 WHEELS="$ROOT_DIR/testnet/.wheels"
 CACHE="$WHEELS/cache"
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT_DIR/.venv/bin/python" ]; then PYTHON="$ROOT_DIR/.venv/bin/python"; else PYTHON=python3; fi
+    VENV="${MEDLEDGER_VENV:-.venv}"
+    if [ -x "$VENV/bin/python" ]; then PYTHON="$PWD/$VENV/bin/python"; else PYTHON=python3; fi
 fi
 
 log() { printf '[images] %s\n' "$*" >&2; }

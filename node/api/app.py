@@ -154,6 +154,8 @@ def _decode_json(body: bytes, type_: type[Any]) -> Any:
         return msgspec.json.decode(body, type=type_)
     except msgspec.DecodeError as exc:  # includes ValidationError
         raise DecodeError(f"malformed JSON body: {_short(str(exc))}") from None
+    except UnicodeDecodeError:  # msgspec raises it bare for a JSON string that is not UTF-8
+        raise DecodeError("malformed JSON body: a string is not valid UTF-8") from None
 
 
 def _short(message: str) -> str:

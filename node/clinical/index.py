@@ -60,14 +60,18 @@ class PatientIndex:
         if height != self.height + 1:
             raise ValueError(f"index is at {self.height}, cannot add height {height}")
         for _i, tx, code in committed_txs(store, height):
-            if code != OK:
-                continue
-            body = tx.body
-            if isinstance(body, AnchorRecord):
-                self._records.setdefault(body.patient, []).append(body.record_id)
-            elif isinstance(body, GrantConsent):  # only a patient may grant: the sender
-                self._consents.setdefault(tx.sender, []).append(body.consent_id)
+            self.fold(tx, code)
         self.height = height
+
+    def fold(self, tx: Tx, code: str) -> None:
+        """Add one committed tx (with its result code) to the listings."""
+        if code != OK:
+            return
+        body = tx.body
+        if isinstance(body, AnchorRecord):
+            self._records.setdefault(body.patient, []).append(body.record_id)
+        elif isinstance(body, GrantConsent):  # only a patient may grant: the sender
+            self._consents.setdefault(tx.sender, []).append(body.consent_id)
 
     def catch_up(self, store: BlockSource, upto: int | None = None) -> int:
         """Fold in every committed height up to ``upto`` (default: the latest)."""

@@ -104,7 +104,7 @@ def record_facts(record_id: bytes, record: RecordMeta) -> RecordFacts:
 
 
 def candidates(view: StateView, patient: bytes, reader: ReaderFacts) -> list[Candidate]:
-    """The patient's grants to the reader or to the reader's organisation (as apply gathers them)."""
+    """The patient's grants to the reader or the reader's organisation, as apply gathers them."""
     ids = view.grant_ids(patient, reader.key)
     if reader.clinician_of is not None:
         ids += view.grant_ids(patient, reader.clinician_of)
@@ -140,6 +140,46 @@ def evaluate_now(
         policy=policy,
         consent_id=consent_id,
     )
+
+
+def record_blob(store: ReadStore, record: RecordMeta) -> RecordBlob:
+    """The record's stored blob; ``BlobUnavailableError`` if this node never got it."""
+    raw = store.get_blob(record.blob_hash)
+    if raw is None:
+        raise BlobUnavailableError("this node does not hold the record's blob")
+    try:
+        blob = decode_blob(raw)
+    except LedgerError:
+        raise CorruptionError("stored record blob does not decode") from None
+    if not isinstance(blob, RecordBlob):
+        raise CorruptionError("stored record blob is not a record blob")
+    return blob
+
+
+def wrap_of(
+    store: ReadStore, record_id: bytes, record: RecordMeta, reader: bytes
+) -> KeyWrap | None:
+    """``reader``'s committed key wrap of a record (record blob or key-release blob), or None."""
+    entry = next((r for r in record.readers if r.reader == reader), None)
+    if entry is None:
+        return None
+    if entry.wrap_blob_hash is None:
+        wraps = record_blob(store, record).wraps
+    else:
+        raw = store.get_blob(entry.wrap_blob_hash)
+        if raw is None:
+            raise BlobUnavailableError("this node does not hold the reader's key-release blob")
+        try:
+            extra = decode_blob(raw)
+        except LedgerError:
+            raise CorruptionError("stored key-release blob does not decode") from None
+        if not isinstance(extra, WrapBlob) or extra.record_id != record_id:
+            raise CorruptionError("stored key-release blob does not match its record")
+        wraps = extra.wraps
+    for w in wraps:
+        if w.reader == reader:
+            return w
+    raise CorruptionError("a committed reader has no wrap in its blob")
 
 
 class ClinicalReads:
@@ -178,17 +218,26 @@ class ClinicalReads:
         raw_results = self._store.get_results(height)
         if raw_results is None or index >= len(block.txs):
             raise CorruptionError(f"results of block {height} are missing")
-        return block.txs[index], decode_results(raw_results)[index].code, height, block.header.time_ms
+        return (
+            block.txs[index],
+            decode_results(raw_results)[index].code,
+            height,
+            block.header.time_ms,
+        )
 
     # -- GET /v1/records/{id} ----------------------------------------------------
 
-    def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> dict[str, Any]:
+    def read_record(
+        self, record_id: bytes, reader: bytes, access_tx: bytes | None
+    ) -> dict[str, Any]:
         view = StateView(self._store)
         record = view.record(record_id)
         if record is None:
             raise NotFoundError(f"record {record_id.hex()[:16]} does not exist")
         if record.erased_at is not None:
-            raise ErasedError(f"record {record_id.hex()[:16]} was erased at height {record.erased_at}")
+            raise ErasedError(
+                f"record {record_id.hex()[:16]} was erased at height {record.erased_at}"
+            )
         if access_tx is None:
             raise AccessRequiredError(
                 "commit a RecordAccess for this record first and name it with ?access=<tx hash>"
@@ -207,8 +256,15 @@ class ClinicalReads:
         if body.emergency_reason is None:
             latest = self._store.latest_height() or 0
             decision = evaluate_now(
-                view, record_id, record, reader, time_ms=now, height=latest + 1,
-                policy=self._policy, purpose=body.purpose, consent_id=body.consent_id,
+                view,
+                record_id,
+                record,
+                reader,
+                time_ms=now,
+                height=latest + 1,
+                policy=self._policy,
+                purpose=body.purpose,
+                consent_id=body.consent_id,
             )
             if not decision.allowed:
                 raise ConsentDeniedError(f"access is no longer allowed ({decision.reason})")
@@ -228,37 +284,15 @@ class ClinicalReads:
         }
 
     def _record_blob(self, record: RecordMeta) -> RecordBlob:
-        raw = self._store.get_blob(record.blob_hash)
-        if raw is None:
-            raise BlobUnavailableError("this node does not hold the record's blob")
-        try:
-            blob = decode_blob(raw)
-        except LedgerError:
-            raise CorruptionError("stored record blob does not decode") from None
-        if not isinstance(blob, RecordBlob):
-            raise CorruptionError("stored record blob is not a record blob")
-        return blob
+        return record_blob(self._store, record)
 
     def _wrap_for(self, record_id: bytes, record: RecordMeta, reader: bytes) -> KeyWrap:
-        entry = next((r for r in record.readers if r.reader == reader), None)
-        if entry is None:
+        wrap = wrap_of(self._store, record_id, record, reader)
+        if wrap is None:
             raise KeyReleasePendingError(
                 "access is allowed; the custodian has not committed this reader's key yet"
             )
-        if entry.wrap_blob_hash is None:
-            wraps = self._record_blob(record).wraps
-        else:
-            raw = self._store.get_blob(entry.wrap_blob_hash)
-            if raw is None:
-                raise BlobUnavailableError("this node does not hold the reader's key-release blob")
-            extra = decode_blob(raw)
-            if not isinstance(extra, WrapBlob) or extra.record_id != record_id:
-                raise CorruptionError("stored key-release blob does not match its record")
-            wraps = extra.wraps
-        for w in wraps:
-            if w.reader == reader:
-                return w
-        raise CorruptionError("a committed reader has no wrap in its blob")
+        return wrap
 
     # -- GET /v1/patients/{id}/audit ---------------------------------------------
 
@@ -268,11 +302,15 @@ class ClinicalReads:
         if ident is None:
             raise NotFoundError("no patient is registered under that key")
         if reader not in (patient, ident.org):
-            raise UnauthorizedError("only the patient and its registering organisation may read its log")
+            raise UnauthorizedError(
+                "only the patient and its registering organisation may read its log"
+            )
         times: dict[int, int] = {}
         categories: dict[bytes, str | None] = {}
         orgs: dict[bytes, bytes | None] = {}
-        entries = [self._audit_row(view, e, times, categories, orgs) for e in view.audit_log(patient)]
+        entries = [
+            self._audit_row(view, e, times, categories, orgs) for e in view.audit_log(patient)
+        ]
         consents = []
         for cid in self._index.consents_of(patient):
             entry = view.consent(cid)

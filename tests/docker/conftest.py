@@ -4,6 +4,7 @@ cleaned up."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
         pytest.skip(reason)
     done = subprocess.run(
         ["bash", str(REPO / "testnet" / "images.sh"), "all"],
+        env={**os.environ, "PYTHON": sys.executable},  # wheels from this test run's Python
         capture_output=True,
         text=True,
         timeout=1800,

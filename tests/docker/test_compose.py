@@ -6,6 +6,7 @@ emitter promises; the docker-marked one asks the real compose tool to accept it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,29 @@ def test_compose_tool_accepts_generated_files(tmp_path: Path) -> None:
     checked_in = REPO / "testnet" / "docker-compose.yml"
     done = run([*tool, "-f", str(checked_in), "config", "--volumes"])
     assert done.stdout.split() == ["node0-data", "node1-data", "node2-data", "node3-data"]
+
+
+def test_grant_container_access_without_root_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_dir = tmp_path / "node0"
+    node_dir.mkdir()
+    (node_dir / "node_key.json").write_text("{}")
+    before = (node_dir / "node_key.json").stat()
+    monkeypatch.setattr(compose.os, "geteuid", lambda: 1000)
+    assert compose.grant_container_access(node_dir) is False
+    after = (node_dir / "node_key.json").stat()
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_grant_container_access_as_root_hands_the_tree_to_the_node_uid(tmp_path: Path) -> None:
+    node_dir = tmp_path / "node0"
+    (node_dir / "sub").mkdir(parents=True)
+    (node_dir / "node_key.json").write_text("{}")
+    (node_dir / "node_key.json").chmod(0o600)
+    assert compose.grant_container_access(node_dir) is True
+    for p in (node_dir, node_dir / "sub", node_dir / "node_key.json"):
+        st = p.stat()
+        assert (st.st_uid, st.st_gid) == (compose.NODE_UID, compose.NODE_GID)
+    assert (node_dir / "node_key.json").stat().st_mode & 0o777 == 0o600

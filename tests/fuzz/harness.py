@@ -80,6 +80,7 @@ class TargetTally:
 
     cases: int = 0
     accepted: int = 0
+    rejected: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # error code or result label
     seconds: float = 0.0
 
@@ -105,6 +106,7 @@ def run_case(
     try:
         result = fn()
     except allowed as exc:
+        tally.rejected += 1
         tally.outcomes[getattr(exc, "code", type(exc).__name__)] += 1
         return None
     finally:
@@ -197,7 +199,8 @@ def format_tally() -> list[str]:
         top = ", ".join(f"{code} {n}" for code, n in t.outcomes.most_common(5))
         lines.append(
             f"{name}: {t.cases} cases, {t.accepted} accepted, "
-            f"{t.cases - t.accepted} typed rejections; outcomes: {top}; "
+            f"{t.rejected} typed rejections, {t.cases - t.accepted - t.rejected} failures; "
+            f"outcomes: {top}; "
             f"{t.seconds:.1f} s in target"
         )
     return lines

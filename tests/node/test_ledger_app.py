@@ -233,3 +233,23 @@ def test_store_of_another_network_is_refused() -> None:
                     GENESIS.params, GENESIS.policy)
     with pytest.raises(Exception, match="another network"):
         open_chain(store, other)
+
+
+def test_small_blocks_wait_while_the_pipeline_is_busy(clock: Clock) -> None:
+    now = [100.0]
+    side = Side(ORGS[0], clock)
+    side.app = LedgerApplication(
+        store=side.store, genesis=GENESIS, key=ORGS[0], mempool=side.mempool, ctx=side.ctx,
+        clock_ms=clock, batch_wait_s=0.2, monotonic=lambda: now[0],
+    )
+    for tx in registrations(ORGS[0], 0, 2):
+        side.mempool.add(codec.encode(tx))
+    first = side.app.propose(1, GHASH, [])
+    assert first is not None  # idle pipeline: at once
+    for tx in registrations(ORGS[0], 2, 2):
+        side.mempool.add(codec.encode(tx))
+    parent = side.app.digest_of(first) or b""
+    assert side.app.propose(2, parent, [first]) is None  # busy and small: wait
+    now[0] += 0.25
+    second = side.app.propose(2, parent, [first])
+    assert second is not None and len(codec.decode(second, Block).txs) == 2

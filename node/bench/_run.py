@@ -1,0 +1,598 @@
+"""The benchmark scenarios: a rate sweep, a catch-up, a scale series.
+
+Each scenario starts its own testnet of real node processes
+(:class:`~node.runner.LocalTestnet`), offers pre-signed open-loop load with
+:func:`node.load.run_load` and measures the nodes from outside (``/proc``,
+their data directories, their API). Nothing here asserts a target: the result
+is figures, printed and written as JSON, that a reader compares with the
+targets of issue 6.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.load import LoadReport, PreparedTx, run_load
+from node.runner import LocalTestnet, TestnetError, wait_for
+
+from ._ceiling import Ceiling, measure_ceiling, usable_cores
+from ._net import BenchNet, set_block_interval
+from ._presign import Presigner
+from ._procfs import ProcStats
+from ._profile import Profile, ProfileError, PySpy
+
+__all__ = [
+    "BenchSettings",
+    "CatchupResult",
+    "PhaseResult",
+    "ScaleRow",
+    "SweepResult",
+    "machine_info",
+    "run_catchup",
+    "run_scale",
+    "run_sweep",
+    "start_testnet",
+]
+
+#: A phase whose committed rate is below this fraction of the offered rate is saturated.
+SATURATED_BELOW = 0.9
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSettings:
+    """Every knob of one ``medledger bench`` run (recorded in the JSON output)."""
+
+    validators: int = 4
+    rates: tuple[float, ...] = (100.0, 200.0, 400.0, 800.0, 1600.0)
+    phase_seconds: float = 5.0
+    #: Stop the sweep after the first saturated phase (higher rates only queue).
+    stop_when_saturated: bool = True
+    commit_timeout_s: float = 120.0
+    ready_timeout_s: float = 120.0
+    #: ``[consensus] block_interval_s`` for every node; None keeps the node default.
+    block_interval_s: float | None = None
+    ceiling_seconds: float = 1.0
+    seed: int = 1
+    profile_dir: Path | None = None
+    profile_seconds: float = 10.0
+    catchup_blocks: int = 10_000
+    catchup_rate: float = 200.0
+    scale_validators: tuple[int, ...] = (4, 7, 10, 16)
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def _round(x: float, digits: int = 4) -> float | None:
+    return None if math.isnan(x) else round(x, digits)
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    """One offered rate: what went in, what came out, how long it took."""
+
+    offered_rate: float
+    offered: int
+    accepted: int
+    rejected: dict[str, int]
+    committed: int
+    duplicates_committed: int
+    committed_tx_per_s: float
+    latency_s: dict[str, float | None]
+    blocks: int
+    cpu_s: list[float]  # per node, during the phase
+
+    @property
+    def saturated(self) -> bool:
+        lost = self.committed < self.accepted or self.accepted < self.offered
+        return lost or self.committed_tx_per_s < SATURATED_BELOW * self.offered_rate
+
+    @classmethod
+    def from_report(cls, rate: float, report: LoadReport, cpu_s: list[float]) -> PhaseResult:
+        lat = {
+            "p50": _round(report.percentile(50)),
+            "p95": _round(report.percentile(95)),
+            "p99": _round(report.percentile(99)),
+            "max": _round(max(report.latencies_s, default=math.nan)),
+        }
+        return cls(
+            offered_rate=rate,
+            offered=report.offered,
+            accepted=report.accepted,
+            rejected=dict(sorted(report.rejected.items())),
+            committed=report.committed,
+            duplicates_committed=report.duplicates_committed,
+            committed_tx_per_s=report.committed_per_s,
+            latency_s=lat,
+            blocks=max(0, report.last_height - report.first_height),
+            cpu_s=cpu_s,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "offered_tx_per_s": self.offered_rate,
+            "offered": self.offered,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "committed": self.committed,
+            "duplicates_committed": self.duplicates_committed,
+            "committed_tx_per_s": _round(self.committed_tx_per_s, 1),
+            "latency_s": self.latency_s,
+            "blocks": self.blocks,
+            "saturated": self.saturated,
+            "cpu_s_per_node": [round(c, 2) for c in self.cpu_s],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFigures:
+    index: int
+    cpu_s: float
+    rss_bytes: int
+    peak_rss_bytes: int
+    disk_bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "node": self.index,
+            "cpu_s": round(self.cpu_s, 2),
+            "rss_mb": round(self.rss_bytes / 2**20, 1),
+            "peak_rss_mb": round(self.peak_rss_bytes / 2**20, 1),
+            "disk_bytes": self.disk_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """The rate sweep on one testnet, with the ceiling measured beside it."""
+
+    validators: int
+    ceiling: Ceiling
+    phases: list[PhaseResult]
+    nodes: list[NodeFigures]
+    committed_total: int
+    mean_tx_bytes: float
+    wall_s: float
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    profile_rate: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def saturation_tx_per_s(self) -> float:
+        """The best committed rate of any phase (reached where the offer exceeds it)."""
+        rates = [p.committed_tx_per_s for p in self.phases if not math.isnan(p.committed_tx_per_s)]
+        return max(rates, default=math.nan)
+
+    @property
+    def saturated(self) -> bool:
+        return any(p.saturated for p in self.phases)
+
+    @property
+    def bytes_per_committed_tx(self) -> float:
+        if self.committed_total == 0 or not self.nodes:
+            return math.nan
+        return sum(n.disk_bytes for n in self.nodes) / len(self.nodes) / self.committed_total
+
+    def to_json(self) -> dict[str, object]:
+        ceiling = self.ceiling.tx_per_s
+        return {
+            "validators": self.validators,
+            "saturation": {
+                "committed_tx_per_s": _round(self.saturation_tx_per_s, 1),
+                "reached": self.saturated,
+            },
+            "ceiling": {
+                "verifications_per_s_per_core": round(self.ceiling.verifications_per_s_per_core),
+                "cores": self.ceiling.cores,
+                "validators": self.ceiling.validators,
+                "tx_per_s": round(ceiling, 1),
+                "achieved_ratio": _round(self.saturation_tx_per_s / ceiling, 4),
+            },
+            "phases": [p.to_json() for p in self.phases],
+            "nodes": [n.to_json() for n in self.nodes],
+            "committed_total": self.committed_total,
+            "mean_tx_bytes": round(self.mean_tx_bytes, 1),
+            "bytes_per_committed_tx": _round(self.bytes_per_committed_tx, 1),
+            "wall_s": round(self.wall_s, 1),
+            "profile": (
+                None
+                if not self.profiles
+                else {
+                    "offered_tx_per_s": self.profile_rate,
+                    "nodes": {k: v.to_json() for k, v in self.profiles.items()},
+                }
+            ),
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupResult:
+    validators: int
+    node: int
+    behind_blocks: int
+    behind_txs: int
+    lag_build_s: float
+    startup_s: float
+    catchup_s: float
+
+    @property
+    def blocks_per_s(self) -> float:
+        return self.behind_blocks / self.catchup_s if self.catchup_s > 0 else math.nan
+
+    @property
+    def tx_per_s(self) -> float:
+        return self.behind_txs / self.catchup_s if self.catchup_s > 0 else math.nan
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "validators": self.validators,
+            "node": self.node,
+            "behind_blocks": self.behind_blocks,
+            "behind_txs": self.behind_txs,
+            "lag_build_s": round(self.lag_build_s, 1),
+            "startup_s": round(self.startup_s, 2),
+            "catchup_s": round(self.catchup_s, 2),
+            "blocks_per_s": _round(self.blocks_per_s, 1),
+            "tx_per_s": _round(self.tx_per_s, 1),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleRow:
+    validators: int
+    sweep: SweepResult | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        if self.sweep is None:
+            return {"validators": self.validators, "error": self.error}
+        s = self.sweep
+        first = s.phases[0] if s.phases else None
+        return {
+            "validators": self.validators,
+            "saturation_tx_per_s": _round(s.saturation_tx_per_s, 1),
+            "ceiling_tx_per_s": round(s.ceiling.tx_per_s, 1),
+            "lowest_rate": None if first is None else first.offered_rate,
+            "latency_s_at_lowest_rate": None if first is None else first.latency_s,
+            "mean_peak_rss_mb": round(
+                sum(n.peak_rss_bytes for n in s.nodes) / max(1, len(s.nodes)) / 2**20, 1
+            ),
+            "bytes_per_committed_tx": _round(s.bytes_per_committed_tx, 1),
+        }
+
+
+def machine_info() -> dict[str, object]:
+    """What the figures were measured on (the load average matters on a shared box)."""
+    load1, load5, load15 = os.getloadavg()
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cores": usable_cores(),
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": [round(load1, 2), round(load5, 2), round(load15, 2)],
+    }
+
+
+# --- testnets ------------------------------------------------------------------------
+
+
+def start_testnet(root: Path, validators: int, settings: BenchSettings, log: Log) -> LocalTestnet:
+    """Init and start a testnet under ``root``; the caller closes it (context manager)."""
+    net = LocalTestnet(root, validators)
+    net.init()
+    if settings.block_interval_s is not None:
+        set_block_interval(net, settings.block_interval_s)
+    log(f"starting {validators} validators under {root}")
+    net.start_all()
+    try:
+        net.wait_ready(timeout=settings.ready_timeout_s)
+    except BaseException:
+        net.stop_all(timeout=15.0)
+        raise
+    return net
+
+
+def _cpu(net: BenchNet, nodes: Sequence[int]) -> list[float]:
+    out = []
+    for i in nodes:
+        st = net.proc_stats(i)
+        out.append(st.cpu_s if st is not None else math.nan)
+    return out
+
+
+def _load(
+    net: BenchNet,
+    signer: Presigner,
+    nodes: Sequence[int],
+    rate: float,
+    count: int,
+    seed: int,
+    commit_timeout_s: float,
+) -> tuple[LoadReport, list[PreparedTx]]:
+    """Sign ``count`` registrations off the clock, then offer them at ``rate``."""
+    orgs = net.next_nonces(via=nodes[0])
+    txs = signer.registrations(orgs, net.chain_id, count, seed=seed)
+    urls = [net.url(i) for i in nodes]
+    report = trio.run(lambda: run_load(urls, txs, rate=rate, commit_timeout_s=commit_timeout_s))
+    return report, txs
+
+
+def _phase_count(rate: float, seconds: float) -> int:
+    return max(1, round(rate * seconds))
+
+
+def run_sweep(
+    root: Path,
+    settings: BenchSettings,
+    log: Log,
+    *,
+    validators: int | None = None,
+    profile: bool = True,
+) -> SweepResult:
+    """Offer each rate of ``settings.rates`` in turn on a fresh testnet."""
+    n = validators or settings.validators
+    log(f"measuring the verification ceiling ({settings.ceiling_seconds:.1f}s, one core)")
+    ceiling = measure_ceiling(n, seconds=settings.ceiling_seconds)
+    log(
+        f"ceiling: {ceiling.verifications_per_s_per_core:,.0f} verifications/s/core x "
+        f"{ceiling.cores} cores / {n} validators = {ceiling.tx_per_s:,.0f} tx/s"
+    )
+    started = time.monotonic()
+    phases: list[PhaseResult] = []
+    notes: list[str] = []
+    committed_total = 0
+    tx_bytes = 0
+    tx_count = 0
+    profiles: dict[str, Profile] = {}
+    profile_rate: float | None = None
+    all_nodes = list(range(n))
+    with (
+        Presigner(usable_cores()) as signer,
+        start_testnet(root, n, settings, log) as testnet,
+    ):
+        net = BenchNet(testnet)
+        for k, rate in enumerate(settings.rates):
+            count = _phase_count(rate, settings.phase_seconds)
+            before = _cpu(net, all_nodes)
+            log(f"phase {k + 1}: {count} txs offered at {rate:g} tx/s")
+            report, txs = _load(
+                net,
+                signer,
+                all_nodes,
+                rate,
+                count,
+                settings.seed * 1000 + k,
+                settings.commit_timeout_s,
+            )
+            after = _cpu(net, all_nodes)
+            phase = PhaseResult.from_report(
+                rate, report, [a - b for a, b in zip(after, before, strict=True)]
+            )
+            phases.append(phase)
+            committed_total += report.committed
+            tx_bytes += sum(len(p.data) for p in txs)
+            tx_count += len(txs)
+            log(
+                f"  committed {phase.committed}/{phase.accepted} accepted at "
+                f"{phase.committed_tx_per_s:,.1f} tx/s; p50 {phase.latency_s['p50']}s "
+                f"p99 {phase.latency_s['p99']}s"
+            )
+            if phase.committed < phase.accepted or phase.accepted < phase.offered:
+                notes.append(
+                    f"phase at {rate:g} tx/s: {phase.offered - phase.accepted} rejected "
+                    f"{phase.rejected}, {phase.accepted - phase.committed} accepted but not "
+                    f"committed within {settings.commit_timeout_s:g}s"
+                )
+            try:
+                net.wait_drained(all_nodes, timeout=settings.commit_timeout_s)
+            except TestnetError as exc:
+                notes.append(f"after the {rate:g} tx/s phase: {exc}; sweep stopped")
+                break
+            if phase.saturated and settings.stop_when_saturated:
+                if k + 1 < len(settings.rates):
+                    notes.append(f"saturated at {rate:g} tx/s offered; higher rates skipped")
+                break
+        if profile and settings.profile_dir is not None and phases:
+            sat = next((p for p in phases if p.saturated), phases[-1])
+            profile_rate = sat.offered_rate
+            profiles, committed, nbytes, ntx = _profile_phase(
+                net, signer, settings, profile_rate, log, notes
+            )
+            committed_total += committed
+            tx_bytes += nbytes
+            tx_count += ntx
+        nodes = _node_figures(net, all_nodes)
+    return SweepResult(
+        validators=n,
+        ceiling=ceiling,
+        phases=phases,
+        nodes=nodes,
+        committed_total=committed_total,
+        mean_tx_bytes=tx_bytes / tx_count if tx_count else math.nan,
+        wall_s=time.monotonic() - started,
+        profiles=profiles,
+        profile_rate=profile_rate,
+        notes=notes,
+    )
+
+
+def _node_figures(net: BenchNet, nodes: Sequence[int]) -> list[NodeFigures]:
+    out = []
+    for i in nodes:
+        st = net.proc_stats(i) or ProcStats(math.nan, 0, 0)
+        out.append(NodeFigures(i, st.cpu_s, st.rss_bytes, st.peak_rss_bytes, net.disk_bytes(i)))
+    return out
+
+
+def _profile_phase(
+    net: BenchNet,
+    signer: Presigner,
+    settings: BenchSettings,
+    rate: float,
+    log: Log,
+    notes: list[str],
+) -> tuple[dict[str, Profile], int, int, int]:
+    """One more phase at ``rate`` with py-spy on the primary and one replica.
+
+    A separate phase, so the sweep's figures are not perturbed by sampling.
+    """
+    assert settings.profile_dir is not None
+    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    all_nodes = list(range(net.n))
+    primary = net.primary_index()
+    replica = next(i for i in all_nodes if i != primary)
+    count = _phase_count(rate, settings.profile_seconds)
+    orgs = net.next_nonces()
+    txs = signer.registrations(orgs, net.chain_id, count, seed=settings.seed * 1000 + 999)
+    urls = [net.url(i) for i in all_nodes]
+    log(f"profiling node{primary} (primary) and node{replica} at {rate:g} tx/s")
+    spies: dict[str, PySpy] = {}
+    try:
+        for role, i in (("primary", primary), ("replica", replica)):
+            out = settings.profile_dir / f"node{i}-{role}.folded"
+            spies[f"node{i} ({role})"] = PySpy(net.pid(i), out, settings.profile_seconds)
+        report = trio.run(
+            lambda: run_load(urls, txs, rate=rate, commit_timeout_s=settings.commit_timeout_s)
+        )
+        profiles: dict[str, Profile] = {}
+        for name, spy in spies.items():
+            try:
+                profiles[name] = spy.result()
+            except ProfileError as exc:
+                notes.append(f"profile of {name}: {exc}")
+    except ProfileError as exc:
+        notes.append(f"no profile: {exc}")
+        return {}, 0, 0, 0
+    finally:
+        for spy in spies.values():
+            spy.stop()
+    try:
+        net.wait_drained(all_nodes, timeout=settings.commit_timeout_s)
+    except TestnetError as exc:
+        notes.append(f"after the profile phase: {exc}")
+    return profiles, report.committed, sum(len(p.data) for p in txs), len(txs)
+
+
+# --- catch-up ------------------------------------------------------------------------
+
+
+def run_catchup(
+    root: Path, settings: BenchSettings, log: Log, *, blocks: int | None = None
+) -> CatchupResult:
+    """Stop one replica, let the others commit ``blocks`` blocks, restart it, time it."""
+    n = settings.validators
+    target_blocks = blocks if blocks is not None else settings.catchup_blocks
+    all_nodes = list(range(n))
+    with (
+        Presigner(usable_cores()) as signer,
+        start_testnet(root, n, settings, log) as testnet,
+    ):
+        net = BenchNet(testnet)
+        primary = net.primary_index()
+        victim = max(i for i in all_nodes if i != primary)
+        others = [i for i in all_nodes if i != victim]
+        net.wait_drained(all_nodes, timeout=settings.commit_timeout_s)
+        victim_height = net.height(victim)
+        log(
+            f"stopping node{victim} at height {victim_height}; the others commit "
+            f"{target_blocks} blocks"
+        )
+        testnet.stop(victim)
+        start_height = net.height(others[0])
+        goal = start_height + target_blocks
+        behind_txs = 0
+        t0 = time.monotonic()
+        seed = settings.seed * 1000 + 500
+        chunk = _phase_count(settings.catchup_rate, 5.0)
+        while net.height(others[0]) < goal:
+            report, _ = _load(
+                net, signer, others, settings.catchup_rate, chunk, seed, settings.commit_timeout_s
+            )
+            seed += 1
+            behind_txs += report.committed
+            log(f"  height {net.height(others[0])}/{goal}")
+        net.wait_drained(others, timeout=settings.commit_timeout_s)
+        lag_build_s = time.monotonic() - t0
+        top = net.height(others[0])
+        log(f"restarting node{victim} ({top - victim_height} blocks behind)")
+        started = time.monotonic()
+        testnet.start(victim)
+        node = testnet.nodes[victim]
+        wait_for(
+            lambda: node.status() is not None,
+            timeout=settings.ready_timeout_s,
+            interval=0.02,
+            what=f"node{victim} to answer",
+        )
+        answered = time.monotonic()
+
+        def caught_up() -> bool:
+            st = node.status()
+            return st is not None and int(st["height"]) >= top
+
+        wait_for(
+            caught_up,
+            timeout=max(600.0, target_blocks / 5),
+            interval=0.05,
+            what=f"node{victim} to reach height {top}",
+        )
+        done = time.monotonic()
+    return CatchupResult(
+        validators=n,
+        node=victim,
+        behind_blocks=top - victim_height,
+        behind_txs=behind_txs,
+        lag_build_s=lag_build_s,
+        startup_s=answered - started,
+        catchup_s=done - answered,
+    )
+
+
+# --- scale ---------------------------------------------------------------------------
+
+
+def run_scale(root: Path, settings: BenchSettings, log: Log) -> list[ScaleRow]:
+    """The sweep at each size of ``settings.scale_validators``, one fresh testnet each."""
+    rows: list[ScaleRow] = []
+    for n in settings.scale_validators:
+        log(f"scale: {n} validators")
+        try:
+            sweep = run_sweep(root / f"scale-{n}", settings, log, validators=n, profile=False)
+        except TestnetError as exc:
+            rows.append(ScaleRow(n, None, str(exc)))
+            continue
+        rows.append(ScaleRow(n, sweep))
+    return rows
+
+
+def bench_command_line() -> list[str]:
+    return ["medledger", *sys.argv[1:]]
+
+
+def jsonable(value: Any) -> Any:
+    """NaN is not JSON: the report writes null instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
