@@ -903,8 +903,9 @@ class Replica:
             heights.append(cp.height)
         for key, votes in self._cp_votes.get(cp.height, {}).items():
             if env.sender in votes and key != (cp.block_digest, cp.state_digest):
+                first = Envelope(env.sender, Checkpoint(cp.height, *key), votes[env.sender])
                 self._c.equivocations += 1
-                self._emit(Evidence(env.sender, "Checkpoint", b"", data))
+                self._emit(Evidence(env.sender, "Checkpoint", encode_envelope(first), data))
                 return
         self._add_checkpoint_vote(env.sender, cp, env.signature)
 

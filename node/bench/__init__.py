@@ -14,7 +14,7 @@ Public names live here; the code is in the private modules beside this file.
 from ._ceiling import Ceiling, measure_ceiling, usable_cores
 from ._cli import bench
 from ._presign import Presigner
-from ._procfs import ProcStats, dir_bytes, read_proc_stats
+from ._procfs import ProcStats, dir_bytes, fsync_latency_s, read_proc_stats
 from ._profile import Profile, ProfileError, PySpy, parse_folded
 from ._run import (
     BenchSettings,
@@ -42,6 +42,7 @@ __all__ = [
     "SweepResult",
     "bench",
     "dir_bytes",
+    "fsync_latency_s",
     "machine_info",
     "measure_ceiling",
     "parse_folded",

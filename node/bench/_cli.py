@@ -73,7 +73,11 @@ def _log(message: str) -> None:
     show_default=True,
     help="each phase offers rate x this many txs",
 )
-@click.option("--full-sweep", is_flag=True, help="keep going after the first saturated phase")
+@click.option(
+    "--full-sweep",
+    is_flag=True,
+    help="offer every rate, even after the committed rate stops growing",
+)
 @click.option(
     "--commit-timeout",
     type=click.FloatRange(min=1),
@@ -167,9 +171,15 @@ def bench(
     result: dict[str, object] = {
         "command": bench_command_line(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine_before": machine_info(),
+        "machine_before": machine_info(root),
         "settings": settings.to_json(),
     }
+    m = result["machine_before"]
+    assert isinstance(m, dict)
+    click.echo(
+        f"machine: {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
+        f"load average {m['load_average']}, fsync of 4 KiB {m['fsync_4k_median_ms']} ms (median)"
+    )
     sweep: SweepResult | None = None
     catchup: CatchupResult | None = None
     scale: list[ScaleRow] | None = None

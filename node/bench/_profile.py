@@ -9,6 +9,7 @@ tables the lead acts on: self time by function and time by package.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,9 @@ class Profile:
     """One process's samples reduced to shares (fractions of all samples)."""
 
     samples: int
-    busy_fraction: float  # samples taken / samples possible: how much of the time it was on CPU
+    #: CPU seconds / wall seconds of the process while sampled (from /proc, set by the caller):
+    #: py-spy's idle filter is a heuristic, so the on-CPU share is measured separately.
+    cpu_fraction: float = math.nan
     self_share: list[tuple[str, float]] = field(default_factory=list)
     inclusive_share: list[tuple[str, float]] = field(default_factory=list)
     package_share: list[tuple[str, float]] = field(default_factory=list)
@@ -38,7 +41,7 @@ class Profile:
     def to_json(self) -> dict[str, object]:
         return {
             "samples": self.samples,
-            "busy_fraction": round(self.busy_fraction, 3),
+            "cpu_fraction": None if math.isnan(self.cpu_fraction) else round(self.cpu_fraction, 3),
             "self": [[name, round(s, 4)] for name, s in self.self_share],
             "inclusive": [[name, round(s, 4)] for name, s in self.inclusive_share],
             "packages": [[name, round(s, 4)] for name, s in self.package_share],
@@ -58,7 +61,7 @@ def _package(frame: str) -> str:
     return head.removesuffix(".py") or "?"
 
 
-def parse_folded(text: str, *, duration_s: float, top: int = 20) -> Profile:
+def parse_folded(text: str, *, top: int = 20) -> Profile:
     """Reduce py-spy's raw output (``frame;frame;... count`` lines)."""
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
@@ -78,15 +81,13 @@ def parse_folded(text: str, *, duration_s: float, top: int = 20) -> Profile:
         for f in set(frames):
             incl_c[f] += count
     if total == 0:
-        return Profile(0, 0.0)
+        return Profile(0)
 
     def shares(c: Counter[str]) -> list[tuple[str, float]]:
         return [(name, n / total) for name, n in c.most_common(top)]
 
-    possible = max(1.0, duration_s * SAMPLE_RATE_HZ)
     return Profile(
         samples=total,
-        busy_fraction=min(1.0, total / possible),
         self_share=shares(self_c),
         inclusive_share=shares(incl_c),
         package_share=shares(pkg_c),
@@ -141,7 +142,7 @@ class PySpy:
         if self._proc.returncode != 0 or not self.out.exists():
             msg = err.decode(errors="replace").strip().splitlines()
             raise ProfileError(f"py-spy failed: {msg[-1] if msg else self._proc.returncode}")
-        return parse_folded(self.out.read_text(), duration_s=self.duration_s, top=top)
+        return parse_folded(self.out.read_text(), top=top)
 
     def stop(self) -> None:
         if self._proc.poll() is None:

@@ -88,7 +88,7 @@ def format_sweep(s: SweepResult) -> str:
         lines += [
             "",
             f"profile {name} at {s.profile_rate:g} tx/s offered: {prof.samples} "
-            f"samples, on CPU {prof.busy_fraction:.0%} of the time",
+            f"samples; process on CPU {_f(prof.cpu_fraction * 100, '{:.0f}')} % of wall time",
         ]
         lines += [
             "  by package: "

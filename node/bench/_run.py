@@ -10,6 +10,7 @@ targets of issue 6.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -28,7 +29,7 @@ from node.runner import LocalTestnet, TestnetError, wait_for
 from ._ceiling import Ceiling, measure_ceiling, usable_cores
 from ._net import BenchNet, set_block_interval
 from ._presign import Presigner
-from ._procfs import ProcStats
+from ._procfs import ProcStats, fsync_latency_s
 from ._profile import Profile, ProfileError, PySpy
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
 
 #: A phase whose committed rate is below this fraction of the offered rate is saturated.
 SATURATED_BELOW = 0.9
+#: The sweep stops once a saturated phase commits less than this times the best rate before it.
+PLATEAU_GROWTH = 1.1
 
 Log = Callable[[str], None]
 
@@ -278,9 +281,10 @@ class ScaleRow:
         }
 
 
-def machine_info() -> dict[str, object]:
-    """What the figures were measured on (the load average matters on a shared box)."""
+def machine_info(work_dir: Path | None = None) -> dict[str, object]:
+    """What the figures were measured on (load average and fsync time matter on a shared box)."""
     load1, load5, load15 = os.getloadavg()
+    fsync = None if work_dir is None else round(fsync_latency_s(work_dir) * 1000, 2)
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "cores": usable_cores(),
@@ -288,6 +292,7 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": [round(load1, 2), round(load5, 2), round(load15, 2)],
+        "fsync_4k_median_ms": fsync,
     }
 
 
@@ -406,13 +411,16 @@ def run_sweep(
             except TestnetError as exc:
                 notes.append(f"after the {rate:g} tx/s phase: {exc}; sweep stopped")
                 break
-            if phase.saturated and settings.stop_when_saturated:
+            if settings.stop_when_saturated and _plateau(phases):
                 if k + 1 < len(settings.rates):
-                    notes.append(f"saturated at {rate:g} tx/s offered; higher rates skipped")
+                    notes.append(
+                        f"committed rate stopped growing at {rate:g} tx/s offered; "
+                        "higher rates skipped"
+                    )
                 break
         if profile and settings.profile_dir is not None and phases:
-            sat = next((p for p in phases if p.saturated), phases[-1])
-            profile_rate = sat.offered_rate
+            best = max(phases, key=lambda p: _or_zero(p.committed_tx_per_s))
+            profile_rate = best.offered_rate
             profiles, committed, nbytes, ntx = _profile_phase(
                 net, signer, settings, profile_rate, log, notes
             )
@@ -432,6 +440,26 @@ def run_sweep(
         profile_rate=profile_rate,
         notes=notes,
     )
+
+
+def _or_zero(x: float) -> float:
+    return 0.0 if math.isnan(x) else x
+
+
+def _plateau(phases: Sequence[PhaseResult]) -> bool:
+    """The last phase fell behind its offer and committed no more than the best before it.
+
+    A phase can fall behind its offer and still be latency-bound rather than
+    saturated (a higher offer fills bigger blocks and commits more), so the
+    sweep goes on while the committed rate grows.
+    """
+    last = phases[-1]
+    if not last.saturated:
+        return False
+    if last.committed < last.accepted or last.accepted < last.offered:
+        return True  # losing txs: offering more measures nothing new
+    before = [_or_zero(p.committed_tx_per_s) for p in phases[:-1]]
+    return bool(before) and _or_zero(last.committed_tx_per_s) < PLATEAU_GROWTH * max(before)
 
 
 def _node_figures(net: BenchNet, nodes: Sequence[int]) -> list[NodeFigures]:
@@ -469,15 +497,22 @@ def _profile_phase(
         for role, i in (("primary", primary), ("replica", replica)):
             out = settings.profile_dir / f"node{i}-{role}.folded"
             spies[f"node{i} ({role})"] = PySpy(net.pid(i), out, settings.profile_seconds)
+        cpu_before = _cpu(net, [primary, replica])
+        t0 = time.monotonic()
         report = trio.run(
             lambda: run_load(urls, txs, rate=rate, commit_timeout_s=settings.commit_timeout_s)
         )
+        wall = time.monotonic() - t0
+        cpu_after = _cpu(net, [primary, replica])
         profiles: dict[str, Profile] = {}
-        for name, spy in spies.items():
+        for k, (name, spy) in enumerate(spies.items()):
             try:
-                profiles[name] = spy.result()
+                prof = spy.result()
             except ProfileError as exc:
                 notes.append(f"profile of {name}: {exc}")
+                continue
+            used = cpu_after[k] - cpu_before[k]
+            profiles[name] = dataclasses.replace(prof, cpu_fraction=used / wall)
     except ProfileError as exc:
         notes.append(f"no profile: {exc}")
         return {}, 0, 0, 0

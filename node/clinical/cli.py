@@ -15,23 +15,21 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 import httpx
 
 from ledger.errors import DecodeError
 from node.api.render import to_jsonable
-from node.clinical.client import ClinicalClient, disclosures, grant_terms
-from node.clinical.fhir import (
-    audit_bundle,
-    consent_bundle,
-    consent_from_fhir,
-    consent_to_fhir,
-    parse_instant,
-)
 from node.clinical.verify import verify_files
 from node.keyfile import load_key_file
+
+if TYPE_CHECKING:
+    from node.clinical.client import ClinicalClient
+
+# The client library and the FHIR models (pydantic, slow to import) load only
+# when a clinical command runs, so `medledger start` does not pay for them.
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,6 +100,8 @@ timeout_option = click.option(
 
 
 def _client(node_url: str, timeout: float = 60.0) -> ClinicalClient:
+    from node.clinical.client import ClinicalClient
+
     return ClinicalClient(node_url, commit_timeout=timeout)
 
 
@@ -312,6 +312,8 @@ def consent() -> None:
 
 
 def _when(value: str | None, default_ms: int) -> int:
+    from node.clinical.fhir import parse_instant
+
     return default_ms if value is None else parse_instant(value)
 
 
@@ -358,6 +360,9 @@ def consent_grant(
     timeout: float,
 ) -> None:
     """Grant a clinician or hospital access to record categories or ids (signed by the patient)."""
+    from node.clinical.client import grant_terms
+    from node.clinical.fhir import consent_from_fhir, consent_to_fhir
+
     patient_key = load_key_file(key_file)
     if fhir_in is not None:
         terms = consent_from_fhir(_read_file(fhir_in))
@@ -406,6 +411,8 @@ def consent_revoke(node_url: str, key_file: Path, consent_hex: str, timeout: flo
 @_client_errors
 def consent_list(node_url: str, key_file: Path, patient_hex: str, as_fhir: bool) -> None:
     """The patient's consents (signed read by the patient or its hospital)."""
+    from node.clinical.fhir import consent_bundle
+
     reader = load_key_file(key_file)
     with _client(node_url) as c:
         log = c.audit(reader, _hex(patient_hex, "--patient"))
@@ -443,6 +450,9 @@ def audit(
     until: str | None,
 ) -> None:
     """Who touched this patient's data: every access, allowed or refused, emergencies flagged."""
+    from node.clinical.client import disclosures
+    from node.clinical.fhir import audit_bundle, parse_instant
+
     reader = load_key_file(key_file)
     with _client(node_url) as c:
         log = c.audit(reader, _hex(patient_hex, "--patient"))

@@ -258,14 +258,14 @@ class ClinicalClient:
 
         Invalid FHIR raises :class:`~node.clinical.errors.InvalidFhirError`
         before anything is encrypted or sent. The key is wrapped for the
-        patient, the custodian and ``readers``; readers with active consent
+        patient, the custodian, the author and ``readers``; readers with active consent
         get theirs from the custodian's node automatically.
         """
         fhir = resource if isinstance(resource, FhirResource) else validate_resource(resource)
         cat = category if category is not None else default_category(fhir)
         custodian = custodian if custodian is not None else self.custodian_of(author.public_key)
         rid = record_id if record_id is not None else os.urandom(RECORD_ID_BYTES)
-        wanted = canonical_readers([patient, custodian, *readers])
+        wanted = canonical_readers([patient, custodian, author.public_key, *readers])
         blob, blob_hash, _record_key = seal_record(fhir.data, rid, wanted)
         body = AnchorRecord(rid, patient, cat, custodian, blob_hash, wanted, supersedes)
         out = self.submit(author, body, blob, wait=wait)

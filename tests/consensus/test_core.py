@@ -222,3 +222,15 @@ def test_new_view_is_verified_by_recomputation() -> None:
     assert r.view == 0 and r.statistics().invalid_messages == 3
     r.receive(signed(1, NewView(1, [svc(0), svc(1), svc(3)])))
     assert r.view == 1 and not r.in_view_change
+
+
+def test_conflicting_checkpoints_are_evidence_with_both_signed_messages() -> None:
+    from consensus.messages import Checkpoint
+
+    r, _ = make_replica(1)
+    a = Checkpoint(8, bytes([1]) * 32, bytes([2]) * 32)
+    b = Checkpoint(8, bytes([1]) * 32, bytes([3]) * 32)
+    r.receive(signed(2, a))
+    ev = [e for e in r.receive(signed(2, b)) if isinstance(e, Evidence)]
+    assert len(ev) == 1
+    assert ev[0].first == signed(2, a) and ev[0].second == signed(2, b)
