@@ -57,7 +57,7 @@ from node.keyfile import load_key_file
 from node.ledger_app import CommitInfo, LedgerApplication, open_chain
 from node.logs import configure_logging
 from node.mempool import LedgerTxChecker, Mempool, MempoolSettings
-from node.metrics import NodeMetrics
+from node.metrics import CounterLike, NodeMetrics
 from node.p2p import Transport, transport_from_config
 from node.watchdog import run_stall_watchdog
 from storage.store import Store, open_leveldb, open_memory
@@ -295,10 +295,50 @@ class Node:
                 p.service.notify_pending()
 
     async def _refresh_gauges(self) -> None:
+        """Carry the transport's and replica's own counters into Prometheus once a second.
+
+        They count in plain ints on their hot paths (no metrics dependency in
+        the sans-IO core); here each counter advances by the delta since the
+        last look, so every metric stays a true monotonic counter.
+        """
         p = self.parts
+        sync = _CounterSync()
+        m = p.metrics
         while True:
-            p.metrics.view.set(p.service.replica.view)
-            p.metrics.peers.set(len(p.transport.connected_peers()))
+            replica = p.service.replica.statistics()
+            transport = p.transport.statistics()
+            m.view.set(replica.view)
+            m.peers.set(transport.peers_connected)
+            sync.advance(m.view_changes, "view_changes", replica.view_changes)
+            sync.advance(m.peers_refused, "peers_refused", transport.peers_rejected)
+            sync.advance(
+                m.invalid_signatures.labels("consensus"), "sig", replica.invalid_signatures
+            )
+            for reason, value in (
+                ("send_queue_full", transport.frames_dropped_queue_full),
+                ("send_error", transport.frames_lost_send_error),
+                ("receive_full", transport.frames_dropped_receive_full),
+                ("invalid_frame", transport.frames_invalid),
+                ("gossip_rejected", transport.gossip_rejected),
+                ("gossip_dropped", transport.gossip_dropped),
+                ("consensus_out_of_window", replica.dropped_out_of_window),
+                ("consensus_over_cap", replica.dropped_over_cap),
+                ("consensus_non_validator", replica.non_validator),
+                ("consensus_malformed", replica.malformed),
+            ):
+                sync.advance(m.messages_dropped.labels(reason), reason, value)
+            for kind, value in replica.messages_in:
+                sync.advance(m.messages_in.labels("stream", kind), "in" + kind, value)
+            for kind, value in replica.messages_out:
+                sync.advance(m.messages_out.labels("stream", kind), "out" + kind, value)
+            sync.advance(m.messages_in.labels("gossip", "tx_batch"), "gin",
+                         transport.gossip_received)
+            sync.advance(m.messages_out.labels("gossip", "tx_batch"), "gout",
+                         transport.gossip_published)
+            sync.advance(m.bytes_in.labels("stream"), "bin", transport.bytes_received)
+            sync.advance(m.bytes_out.labels("stream"), "bout", transport.bytes_sent)
+            m.state_transfer_target_height.set(replica.state_target)
+            sync.advance(m.state_transfer_blocks, "st", replica.state_blocks_received)
             await trio.sleep(1.0)
 
     # -- events ------------------------------------------------------------------
@@ -344,6 +384,19 @@ def _drop_root_logger_noise(record: logging.LogRecord) -> bool:
     """py-libp2p also logs through the root logger itself (``logging.warning``);
     our modules never do, so below ERROR those records are its dial chatter."""
     return record.name != "root" or record.levelno >= logging.ERROR
+
+
+class _CounterSync:
+    """Turns cumulative snapshots into counter increments."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+
+    def advance(self, counter: CounterLike, name: str, value: int) -> None:
+        delta = value - self._last.get(name, 0)
+        if delta > 0:
+            counter.inc(delta)
+            self._last[name] = value
 
 
 def _drain(app: LedgerApplication) -> None:

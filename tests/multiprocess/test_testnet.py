@@ -7,6 +7,7 @@ Every wait is a condition with a deadline; nothing sleeps a fixed time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,13 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger import codec
+from ledger.keys import KeyPair
 from ledger.tx import RegisterPatient, make_tx
+from node.config import Config, HostPort
+from node.genesis_file import load_genesis
 from node.keyfile import load_key_file
 from node.load import prepare_registrations, run_load
+from node.p2p import Transport
 from node.runner import LocalTestnet, wait_for
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
@@ -235,3 +240,70 @@ def test_killed_replica_catches_up_200_blocks_by_state_transfer(net: Net) -> Non
     net.t.wait_ready([victim], timeout=90)
     _wait_same_tip(net, list(range(N)), timeout=120)
     _assert_same_chain(net, list(range(N)))
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} missing")
+
+
+def test_non_validator_peer_is_refused(net: Net) -> None:
+    doc = load_genesis(net.t.genesis_path)
+    target = doc.validators[0]
+    ti = next(i for i, k in enumerate(net.orgs) if k.public_key == target.public_key)
+    url = net.url(ti)
+    before = _metric(url, "medledger_p2p_peers_refused_total")
+    stranger = KeyPair.generate()
+
+    async def knock() -> None:
+        cfg = dataclasses.replace(Config().p2p, listen=HostPort("127.0.0.1", 0))
+        transport = Transport(
+            cfg, stranger,
+            {stranger.public_key: None, target.public_key: target.p2p_address},
+            chain_id=doc.chain_id, private_network_key=doc.private_network_key,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.run)
+            transport.send_to(target.public_key, b"let me in")
+            with trio.fail_after(30):
+                while await trio.to_thread.run_sync(
+                    _metric, url, "medledger_p2p_peers_refused_total"
+                ) <= before:
+                    await trio.sleep(0.1)
+                    transport.send_to(target.public_key, b"let me in")
+            assert target.public_key not in transport.connected_peers()
+            nursery.cancel_scope.cancel()
+
+    trio.run(knock)
+    assert net.t.nodes[ti].running
+    assert net.t.nodes[ti].is_ready()
+
+
+def test_full_mempool_answers_503_and_the_node_keeps_running(tmp_path: Path) -> None:
+    # A node without a quorum never commits, so its mempool fills deterministically.
+    testnet = LocalTestnet(tmp_path / "lonely", N)
+    testnet.init()
+    node = testnet.nodes[0]
+    with node.config_path.open("a") as f:
+        f.write("\n[mempool]\nmax_txs = 5\n")
+    org = load_key_file(node.home / "node_key.json")
+    chain_id = load_genesis(testnet.genesis_path).chain_id
+    with testnet:
+        testnet.start(0)
+        wait_for(lambda: node.status(), timeout=60, what="node0 to answer")
+        codes = []
+        with httpx.Client(timeout=10) as c:
+            for nonce in range(6):
+                body = RegisterPatient(KeyPair.from_seed(bytes([nonce + 1]) * 32).public_key)
+                tx = codec.encode(make_tx(org, chain_id, nonce, body))
+                r = c.post(f"{node.api_url}/v1/txs", json={"tx": tx.hex()})
+                codes.append((r.status_code, r.json().get("error", {}).get("code")))
+            assert codes[:5] == [(202, None)] * 5
+            assert codes[5] == (503, "MEMPOOL_FULL")
+            assert c.get(f"{node.api_url}/health").status_code == 200
+            assert c.get(f"{node.api_url}/ready").status_code == 503  # no quorum
+        assert testnet.stop(0) == 0
