@@ -62,6 +62,10 @@ class BenchNet:
     def height(self, i: int) -> int:
         return int(self.status(i)["height"])
 
+    def view(self) -> int:
+        """The highest PBFT view any running node reports."""
+        return max(int(st["view"]) for n in self.t.running() if (st := n.status()) is not None)
+
     def primary_index(self, among: Sequence[int] | None = None) -> int:
         """The current view's primary, as seen by the first of ``among``."""
         asked = among[0] if among else 0

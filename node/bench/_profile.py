@@ -37,6 +37,9 @@ class Profile:
     self_share: list[tuple[str, float]] = field(default_factory=list)
     inclusive_share: list[tuple[str, float]] = field(default_factory=list)
     package_share: list[tuple[str, float]] = field(default_factory=list)
+    #: Inclusive shares of the project's own functions (entry points left out):
+    #: which of our code paths the time is spent under.
+    project_share: list[tuple[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -45,6 +48,7 @@ class Profile:
             "self": [[name, round(s, 4)] for name, s in self.self_share],
             "inclusive": [[name, round(s, 4)] for name, s in self.inclusive_share],
             "packages": [[name, round(s, 4)] for name, s in self.package_share],
+            "project_inclusive": [[name, round(s, 4)] for name, s in self.project_share],
         }
 
 
@@ -59,6 +63,14 @@ def _package(frame: str) -> str:
             return head.removesuffix(".py") if marker.startswith("site") else f"stdlib:{head}"
     head = path.split("/", 1)[0]
     return head.removesuffix(".py") or "?"
+
+
+PROJECT_PACKAGES = ("node", "consensus", "ledger", "storage")
+_ENTRY_FRAMES = ("(node/__main__.py", "(node/cli.py", "run (node/app.py")
+
+
+def _is_project(frame: str) -> bool:
+    return _package(frame) in PROJECT_PACKAGES and not any(e in frame for e in _ENTRY_FRAMES)
 
 
 def parse_folded(text: str, *, top: int = 20) -> Profile:
@@ -91,6 +103,7 @@ def parse_folded(text: str, *, top: int = 20) -> Profile:
         self_share=shares(self_c),
         inclusive_share=shares(incl_c),
         package_share=shares(pkg_c),
+        project_share=shares(Counter({f: n for f, n in incl_c.items() if _is_project(f)})),
     )
 
 

@@ -40,6 +40,7 @@ def format_sweep(s: SweepResult) -> str:
                 _f(lat["p95"], "{:.3f}"),
                 _f(lat["p99"], "{:.3f}"),
                 str(p.blocks),
+                str(p.view_changes),
                 "yes" if p.saturated else "no",
             ]
         )
@@ -54,6 +55,7 @@ def format_sweep(s: SweepResult) -> str:
             "p95 s",
             "p99 s",
             "blocks",
+            "views",
             "saturated",
         ],
         rows,
@@ -94,6 +96,8 @@ def format_sweep(s: SweepResult) -> str:
             "  by package: "
             + ", ".join(f"{pkg} {share:.0%}" for pkg, share in prof.package_share[:8])
         ]
+        lines += ["  our code, inclusive:"]
+        lines += [f"    {share:6.1%}  {name_}" for name_, share in prof.project_share[:10]]
         lines += ["  self time:"]
         lines += [f"    {share:6.1%}  {name_}" for name_, share in prof.self_share[:12]]
     if s.notes:

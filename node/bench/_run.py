@@ -100,6 +100,7 @@ class PhaseResult:
     latency_s: dict[str, float | None]
     blocks: int
     cpu_s: list[float]  # per node, during the phase
+    view_changes: int = 0  # PBFT views the network moved through during the phase
 
     @property
     def saturated(self) -> bool:
@@ -107,7 +108,9 @@ class PhaseResult:
         return lost or self.committed_tx_per_s < SATURATED_BELOW * self.offered_rate
 
     @classmethod
-    def from_report(cls, rate: float, report: LoadReport, cpu_s: list[float]) -> PhaseResult:
+    def from_report(
+        cls, rate: float, report: LoadReport, cpu_s: list[float], view_changes: int = 0
+    ) -> PhaseResult:
         lat = {
             "p50": _round(report.percentile(50)),
             "p95": _round(report.percentile(95)),
@@ -125,6 +128,7 @@ class PhaseResult:
             latency_s=lat,
             blocks=max(0, report.last_height - report.first_height),
             cpu_s=cpu_s,
+            view_changes=view_changes,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -140,6 +144,7 @@ class PhaseResult:
             "blocks": self.blocks,
             "saturated": self.saturated,
             "cpu_s_per_node": [round(c, 2) for c in self.cpu_s],
+            "view_changes": self.view_changes,
         }
 
 
@@ -377,6 +382,7 @@ def run_sweep(
         for k, rate in enumerate(settings.rates):
             count = _phase_count(rate, settings.phase_seconds)
             before = _cpu(net, all_nodes)
+            view_before = net.view()
             log(f"phase {k + 1}: {count} txs offered at {rate:g} tx/s")
             report, txs = _load(
                 net,
@@ -389,7 +395,10 @@ def run_sweep(
             )
             after = _cpu(net, all_nodes)
             phase = PhaseResult.from_report(
-                rate, report, [a - b for a, b in zip(after, before, strict=True)]
+                rate,
+                report,
+                [a - b for a, b in zip(after, before, strict=True)],
+                net.view() - view_before,
             )
             phases.append(phase)
             committed_total += report.committed
@@ -398,7 +407,7 @@ def run_sweep(
             log(
                 f"  committed {phase.committed}/{phase.accepted} accepted at "
                 f"{phase.committed_tx_per_s:,.1f} tx/s; p50 {phase.latency_s['p50']}s "
-                f"p99 {phase.latency_s['p99']}s"
+                f"p99 {phase.latency_s['p99']}s; {phase.view_changes} view changes"
             )
             if phase.committed < phase.accepted or phase.accepted < phase.offered:
                 notes.append(

@@ -48,6 +48,13 @@ def test_parse_folded_shares() -> None:
     assert inclusive["commit (node/ledger_app.py)"] == pytest.approx(0.5)
     assert "process 1" not in inclusive
     assert dict(prof.package_share) == pytest.approx({"trio": 0.5, "nacl": 0.3, "storage": 0.2})
+    assert dict(prof.project_share) == pytest.approx(
+        {
+            "main (node/app.py)": 1.0,
+            "commit (node/ledger_app.py)": 0.5,
+            "write (storage/kv.py)": 0.2,
+        }
+    )
     assert parse_folded("").samples == 0
 
 
