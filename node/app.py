@@ -105,6 +105,7 @@ class NodeParts:
     app: LedgerApplication
     transport: Transport
     service: ConsensusService
+    wal: FileWAL
 
 
 def core_config(config: Config, genesis: Genesis) -> CoreConfig:
@@ -147,6 +148,9 @@ class Node:
             config.node.data_dir.mkdir(parents=True, exist_ok=True)
             store = open_leveldb(config.node.data_dir / "ledger", sync=config.storage.sync)
         try:
+            # A disk that lies must stop the node here, with the first bad key named
+            # (CorruptionError), never be served or built upon: one pass over the store.
+            store.verify()
             return cls._assemble(config, key, doc, genesis, store)
         except BaseException:
             store.close()
@@ -214,7 +218,9 @@ class Node:
             on_evidence=lambda e: node_ref[0]._evidence(e),
         )
         node = cls(
-            NodeParts(config, key, doc, genesis, store, metrics, mempool, app, transport, service)
+            NodeParts(
+                config, key, doc, genesis, store, metrics, mempool, app, transport, service, wal
+            )
         )
         node_ref.append(node)
         return node
@@ -259,6 +265,7 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             height = p.store.latest_height()
+            p.wal.close()
             p.store.close()
             log.info("stopped cleanly at height %s", height)
 
