@@ -281,7 +281,9 @@ def testnet_up(validators: int, dir_: Path, ready_timeout: float) -> None:
     with runner.LocalTestnet(dir_.resolve(), validators) as net:
         try:
             net.init()
+            click.echo(f"testnet {dir_}: {validators} validators; starting them", err=True)
             net.start_all()
+            click.echo("waiting for every node to reach /ready ...", err=True)
             net.wait_ready(timeout=ready_timeout)
         except runner.TestnetError as exc:
             _fail(str(exc))
