@@ -288,6 +288,7 @@ class Node:
             except LedgerError as exc:
                 p.metrics.messages_dropped.labels(exc.code.lower()).inc()
                 continue
+            self.clinical.blobs.observe_batch(data)  # blobs of txs that commit(ted) without them
             if outcome.accepted:
                 p.service.notify_pending()
 
@@ -364,7 +365,7 @@ class Node:
         m.committed_blocks.inc()
         m.committed_txs.inc(len(info.block.txs))
         m.block_txs.observe(len(info.block.txs))
-        self.clinical.key_release.notify()
+        self.clinical.on_commit(info)
 
     def _evidence(self, evidence: Evidence) -> None:
         log.warning("equivocation evidence from validator %s", evidence.validator.hex()[:16])

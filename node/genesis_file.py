@@ -95,7 +95,8 @@ class BreakGlassPolicy:
     """Emergency access: allowed at all, and with which reason codes."""
 
     allowed: bool = True
-    reason_codes: tuple[str, ...] = ("EMERGENCY_TREATMENT", "UNCONSCIOUS_PATIENT")
+    #: HL7 PurposeOfUse codes: break-the-glass, emergency treatment.
+    reason_codes: tuple[str, ...] = ("BTG", "ETREAT")
 
 
 @dataclass(frozen=True, slots=True)

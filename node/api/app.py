@@ -226,7 +226,9 @@ def _route_class(metrics: NodeMetrics) -> type[APIRoute]:
 def _http_error(exc: StarletteHTTPException) -> Response:
     codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
     code = codes.get(exc.status_code, f"HTTP_{exc.status_code}")
-    return error_response(exc.status_code, code, str(exc.detail))
+    response = error_response(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # e.g. the Allow header of a 405 (RFC 9110)
+    return response
 
 
 # --- the app --------------------------------------------------------------------------------
@@ -389,7 +391,9 @@ def create_app(
         "/v1/records/{record_id}",
         summary="signed read: ciphertext + the reader's key wrap, after the audit entry commits",
         description=_SIGNED_DOC,
-        responses={401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC, 410: _ERROR_DOC},
+        responses={
+            400: _ERROR_DOC, 401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC, 410: _ERROR_DOC
+        },
     )
     async def read_record(request: Request, record_id: str, access: str | None = None) -> Response:
         rid = parse_hex(record_id, "record id", sizes=range(16, 33))
@@ -401,7 +405,7 @@ def create_app(
         "/v1/patients/{patient_id}/audit",
         summary="signed read: the patient's access log",
         description=_SIGNED_DOC,
-        responses={401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC},
+        responses={400: _ERROR_DOC, 401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC},
     )
     async def patient_audit(request: Request, patient_id: str) -> Response:
         patient = parse_hex(patient_id, "patient id", size=32)

@@ -144,7 +144,8 @@ class ClinicalClient:
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _get(self, path: str, *, key: KeyPair | None = None) -> Any:
+    def get_json(self, path: str, *, key: KeyPair | None = None) -> Any:
+        """GET ``path`` (signed by ``key`` if given); the JSON answer or :class:`ApiError`."""
         headers = sign_request(key, "GET", path) if key is not None else None
         r = self._http.get(self.url + path, headers=headers)
         _raise_for(r)
@@ -153,12 +154,12 @@ class ClinicalClient:
     @property
     def chain_id(self) -> str:
         if self._chain_id is None:
-            self._chain_id = str(self._get("/v1/status")["chain_id"])
+            self._chain_id = str(self.get_json("/v1/status")["chain_id"])
         return self._chain_id
 
     def next_nonce(self, key: bytes) -> int:
         try:
-            return int(self._get(f"/v1/accounts/{key.hex()}")["next_nonce"])
+            return int(self.get_json(f"/v1/accounts/{key.hex()}")["next_nonce"])
         except ApiError as exc:
             if exc.status == 404:
                 return 0
@@ -205,7 +206,7 @@ class ClinicalClient:
 
     def tx_status(self, txh: bytes, *, prove: bool = False) -> dict[str, Any]:
         suffix = "?prove=true" if prove else ""
-        status: dict[str, Any] = self._get(f"/v1/txs/{txh.hex()}{suffix}")
+        status: dict[str, Any] = self.get_json(f"/v1/txs/{txh.hex()}{suffix}")
         return status
 
     def wait_for_commit(self, txh: bytes, timeout: float | None = None) -> Committed:
@@ -232,7 +233,7 @@ class ClinicalClient:
         return self._submit_wait(org, RegisterPatient(patient))
 
     def account(self, key: bytes) -> dict[str, Any]:
-        account: dict[str, Any] = self._get(f"/v1/accounts/{key.hex()}")
+        account: dict[str, Any] = self.get_json(f"/v1/accounts/{key.hex()}")
         return account
 
     def custodian_of(self, author: bytes) -> bytes:
@@ -318,7 +319,7 @@ class ClinicalClient:
 
         def attempt() -> dict[str, Any] | None:
             try:
-                answer: dict[str, Any] = self._get(path, key=reader)
+                answer: dict[str, Any] = self.get_json(path, key=reader)
             except ApiError as exc:
                 if exc.code in _RETRY_READ:
                     return None
@@ -398,7 +399,7 @@ class ClinicalClient:
 
     def audit(self, reader: KeyPair, patient: bytes) -> dict[str, Any]:
         """The patient's access log and consents (signed read by the patient or its hospital)."""
-        log: dict[str, Any] = self._get(f"/v1/patients/{patient.hex()}/audit", key=reader)
+        log: dict[str, Any] = self.get_json(f"/v1/patients/{patient.hex()}/audit", key=reader)
         return log
 
 

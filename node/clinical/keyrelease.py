@@ -19,10 +19,11 @@ Split in two:
   release enters this node's mempool at once, so it commits in one of the
   next two blocks.
 
-A wanted pair is retried on later commits while its tx is neither pending
-nor committed (mempool full, a nonce race with a client using the
-organisation key); it is dropped once the reader holds a wrap, the rules no
-longer allow the release, or its release tx committed with a failure.
+A wanted pair is retried on later commits (or every ``retry_s`` while any
+waits) as long as its tx is neither pending nor committed (mempool full, a
+nonce race with a client using the organisation key); it is dropped once the
+reader holds a wrap, the rules no longer allow the release, its release tx
+committed with a failure, or after ``MAX_ATTEMPTS`` refused submissions.
 Nothing here changes state except through a signed tx; every release is
 checked again by apply on every node.
 """
@@ -31,7 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 
 MAX_WANTED = 10_000
 MAX_ATTEMPTS = 5
+RETRY_S = 1.0
+RECENT_BLOCKS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,7 @@ class KeyReleaseService:
         submitter: Submitter,
         *,
         max_wanted: int = MAX_WANTED,
+        retry_s: float = RETRY_S,
     ) -> None:
         self._store = store
         self._index = index
@@ -171,12 +176,21 @@ class KeyReleaseService:
         self._policy = policy
         self._submitter = submitter
         self._max_wanted = max_wanted
+        self._retry_s = retry_s
         self._wanted: dict[Release, _Want] = {}
+        self._recent: dict[int, list[tuple[Tx, str]]] = {}
         self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
         self.released = 0  # releases submitted (for tests and logs)
 
-    def notify(self) -> None:
-        """A height committed: wake the task (never blocks; wakes coalesce)."""
+    def notify(self, height: int | None = None, txs: Sequence[tuple[Tx, str]] = ()) -> None:
+        """A height committed: wake the task (never blocks; wakes coalesce).
+
+        ``txs`` (the block's txs with their result codes), when given, spare
+        the task from decoding the block again; a bounded number is kept,
+        and any height not kept is read back from the store.
+        """
+        if height is not None and len(self._recent) < RECENT_BLOCKS:
+            self._recent[height] = list(txs)
         # WouldBlock: a wake-up is already queued; it will see every new height.
         with contextlib.suppress(trio.WouldBlock):
             self._wake_send.send_nowait(None)
@@ -187,9 +201,14 @@ class KeyReleaseService:
         Errors of one release (a typed ledger error from the mempool) are
         logged and retried on a later commit; a corrupt store raises.
         """
+        task_status.started()  # catching up (below) must not delay the node's start
         await self.step()
-        task_status.started()
-        async for _ in self._wake_recv:
+        while True:
+            # Woken by a commit, or after ``retry_s`` when releases still wait:
+            # a refused submission must not depend on some unrelated tx committing.
+            timeout = self._retry_s if self._wanted else math.inf
+            with trio.move_on_after(timeout):
+                await self._wake_recv.receive()
             await self.step()
 
     async def step(self) -> None:
@@ -197,7 +216,9 @@ class KeyReleaseService:
         top = self._store.latest_height() or 0
         while self._index.height < top:
             height = self._index.height + 1
-            txs = [(tx, code) for _i, tx, code in committed_txs(self._store, height)]
+            txs = self._recent.pop(height, None)
+            if txs is None:
+                txs = [(tx, code) for _i, tx, code in committed_txs(self._store, height)]
             for tx, code in txs:
                 self._index.fold(tx, code)
             self._index.height = height
@@ -206,6 +227,8 @@ class KeyReleaseService:
                 if release not in self._wanted and len(self._wanted) < self._max_wanted:
                     self._wanted[release] = _Want()
             await trio.lowlevel.checkpoint()  # a long catch-up must not stall the loop
+        for stale in [h for h in self._recent if h <= self._index.height]:
+            del self._recent[stale]
         if not self._wanted:
             return
         time_ms = self._latest_time(top)

@@ -2,8 +2,9 @@
 
 Kept here so that ``node/app.py`` needs only a few lines: the facade
 delegates the signed reads to :attr:`ClinicalParts.reads`, the node starts
-:attr:`ClinicalParts.key_release` in its nursery and calls its ``notify``
-after each commit.
+:attr:`ClinicalParts.key_release` in its nursery and calls
+:meth:`ClinicalParts.on_commit` after each commit; gossip batches also go
+through :attr:`ClinicalParts.blobs`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from node.clinical.blobs import BlobRecovery
 from node.clinical.index import PatientIndex
 from node.clinical.keyrelease import KeyReleaseService
 from node.clinical.reads import ClinicalReads
@@ -19,6 +21,7 @@ from node.clinical.reads import ClinicalReads
 if TYPE_CHECKING:
     from consensus.service import ConsensusService
     from node.app import NodeParts
+    from node.ledger_app import CommitInfo
     from node.mempool import Mempool
 
 
@@ -46,6 +49,13 @@ class ClinicalParts:
     index: PatientIndex
     reads: ClinicalReads
     key_release: KeyReleaseService
+    blobs: BlobRecovery
+
+    def on_commit(self, info: CommitInfo) -> None:
+        """After each executed height (Trio thread): place late blobs, wake the key release."""
+        self.blobs.after_commit(info.missing_blobs)
+        codes = [r.code for r in info.result.results]
+        self.key_release.notify(info.height, list(zip(info.block.txs, codes, strict=True)))
 
 
 def build_clinical(parts: NodeParts, *, clock_ms: Callable[[], int]) -> ClinicalParts:
@@ -61,4 +71,7 @@ def build_clinical(parts: NodeParts, *, clock_ms: Callable[[], int]) -> Clinical
         policy,
         MempoolSubmitter(parts.mempool, parts.service),
     )
-    return ClinicalParts(index, reads, service)
+    blobs = BlobRecovery(
+        parts.store, max_batch_bytes=parts.mempool.settings.max_batch_message_bytes
+    )
+    return ClinicalParts(index, reads, service, blobs)

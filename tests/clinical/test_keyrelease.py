@@ -200,3 +200,25 @@ async def test_service_catches_up_on_start_and_retries_a_lost_release(world: Wor
     assert mempool.flush() == ["OK"]
     await svc.step()
     assert mempool.pending == {}
+
+
+async def test_notified_blocks_are_not_decoded_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mempool = FakeMempool(world)
+    svc, index = service(world, mempool)
+    await svc.step()  # caught up with the registrations
+    rid = world.anchor(PLAIN)
+    world.grant(world.d2.public_key)
+    for h in (world.chain.height - 1, world.chain.height):
+        svc.notify(h, [(tx, code) for _i, tx, code in committed_txs(world.chain.store, h)])
+
+    def no_store_reads(*_args: object) -> object:
+        raise AssertionError("a notified height was decoded again")
+
+    monkeypatch.setattr("node.clinical.keyrelease.committed_txs", no_store_reads)
+    await svc.step()
+    assert index.records_of(world.p.public_key) == [rid]
+    ((tx_bytes, _blob),) = mempool.pending.values()
+    body = codec.decode(tx_bytes, Tx).body
+    assert isinstance(body, KeyRelease) and body.reader == world.d2.public_key
