@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import click
+import httpx
 
 from node.runner import TestnetError
 
@@ -95,9 +96,9 @@ def _log(message: str) -> None:
 @click.option(
     "--catchup-rate",
     type=click.FloatRange(min=1),
-    default=200.0,
+    default=25.0,
     show_default=True,
-    help="offered tx/s while the stopped node falls behind",
+    help="offered tx/s while the stopped node falls behind (low: many small blocks)",
 )
 @click.option("--scale-validators", default="4,7,10,16", show_default=True)
 @click.option(
@@ -196,11 +197,11 @@ def bench(
         if "scale" in wanted:
             scale = run_scale(root / "scale", settings, _log)
             click.echo(format_scale(scale))
-    except TestnetError as exc:
-        raise click.ClickException(f"bench: {exc} (testnet files under {root})") from None
-    finally:
-        if not keep and work_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+    except (TestnetError, httpx.HTTPError) as exc:
+        # Keep the files: the node logs under ROOT say why.
+        raise click.ClickException(f"bench: {exc} (node logs under {root})") from None
+    if not keep and work_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
     result["machine_after"] = machine_info()
     result["throughput"] = None if sweep is None else sweep.to_json()
     result["catchup"] = None if catchup is None else catchup.to_json()

@@ -64,7 +64,8 @@ class BenchNet:
 
     def view(self) -> int:
         """The highest PBFT view any running node reports."""
-        return max(int(st["view"]) for n in self.t.running() if (st := n.status()) is not None)
+        views = [int(st["view"]) for n in self.t.running() if (st := n.status()) is not None]
+        return max(views, default=0)
 
     def primary_index(self, among: Sequence[int] | None = None) -> int:
         """The current view's primary, as seen by the first of ``among``."""

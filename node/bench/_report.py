@@ -41,6 +41,7 @@ def format_sweep(s: SweepResult) -> str:
                 _f(lat["p99"], "{:.3f}"),
                 str(p.blocks),
                 str(p.view_changes),
+                _f(p.cpu_ms_per_tx, "{:.2f}"),
                 "yes" if p.saturated else "no",
             ]
         )
@@ -56,6 +57,7 @@ def format_sweep(s: SweepResult) -> str:
             "p99 s",
             "blocks",
             "views",
+            "cpu ms/tx/node",
             "saturated",
         ],
         rows,
@@ -113,7 +115,8 @@ def format_catchup(c: CatchupResult) -> str:
             f"building the lag took {c.lag_build_s:.1f}s; restart to first API answer "
             f"{c.startup_s:.2f}s",
             f"caught up in {c.catchup_s:.2f}s: {_f(c.blocks_per_s)} blocks/s, "
-            f"{_f(c.tx_per_s)} tx/s",
+            f"{_f(c.tx_per_s)} tx/s; the others committed {_f(c.network_blocks_per_s, '{:.2f}')} "
+            "blocks/s while it was down",
         ]
     )
 

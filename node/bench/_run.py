@@ -49,6 +49,8 @@ __all__ = [
 SATURATED_BELOW = 0.9
 #: The sweep stops once a saturated phase commits less than this times the best rate before it.
 PLATEAU_GROWTH = 1.1
+#: ... for this many phases in a row.
+PLATEAU_PHASES = 2
 
 Log = Callable[[str], None]
 
@@ -71,7 +73,7 @@ class BenchSettings:
     profile_dir: Path | None = None
     profile_seconds: float = 10.0
     catchup_blocks: int = 10_000
-    catchup_rate: float = 200.0
+    catchup_rate: float = 25.0
     scale_validators: tuple[int, ...] = (4, 7, 10, 16)
 
     def to_json(self) -> dict[str, object]:
@@ -101,6 +103,13 @@ class PhaseResult:
     blocks: int
     cpu_s: list[float]  # per node, during the phase
     view_changes: int = 0  # PBFT views the network moved through during the phase
+
+    @property
+    def cpu_ms_per_tx(self) -> float:
+        """Mean CPU milliseconds one node spent per committed tx in this phase."""
+        if self.committed == 0 or not self.cpu_s:
+            return math.nan
+        return sum(self.cpu_s) / len(self.cpu_s) / self.committed * 1000
 
     @property
     def saturated(self) -> bool:
@@ -145,6 +154,7 @@ class PhaseResult:
             "saturated": self.saturated,
             "cpu_s_per_node": [round(c, 2) for c in self.cpu_s],
             "view_changes": self.view_changes,
+            "cpu_ms_per_tx_per_node": _round(self.cpu_ms_per_tx, 3),
         }
 
 
@@ -248,6 +258,11 @@ class CatchupResult:
     def tx_per_s(self) -> float:
         return self.behind_txs / self.catchup_s if self.catchup_s > 0 else math.nan
 
+    @property
+    def network_blocks_per_s(self) -> float:
+        """The others' commit rate while the lag was built (the rate to beat)."""
+        return self.behind_blocks / self.lag_build_s if self.lag_build_s > 0 else math.nan
+
     def to_json(self) -> dict[str, object]:
         return {
             "validators": self.validators,
@@ -259,6 +274,7 @@ class CatchupResult:
             "catchup_s": round(self.catchup_s, 2),
             "blocks_per_s": _round(self.blocks_per_s, 1),
             "tx_per_s": _round(self.tx_per_s, 1),
+            "network_blocks_per_s_while_behind": _round(self.network_blocks_per_s, 2),
         }
 
 
@@ -428,8 +444,7 @@ def run_sweep(
                     )
                 break
         if profile and settings.profile_dir is not None and phases:
-            best = max(phases, key=lambda p: _or_zero(p.committed_tx_per_s))
-            profile_rate = best.offered_rate
+            profile_rate = _saturating_rate(phases)
             profiles, committed, nbytes, ntx = _profile_phase(
                 net, signer, settings, profile_rate, log, notes
             )
@@ -455,20 +470,32 @@ def _or_zero(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
+def _saturating_rate(phases: Sequence[PhaseResult]) -> float:
+    """The lowest offered rate, at or above the best phase's, that the network fell behind."""
+    best = max(phases, key=lambda p: _or_zero(p.committed_tx_per_s))
+    behind = [p.offered_rate for p in phases if p.saturated and p.offered_rate >= best.offered_rate]
+    return min(behind, default=2 * best.offered_rate)
+
+
 def _plateau(phases: Sequence[PhaseResult]) -> bool:
-    """The last phase fell behind its offer and committed no more than the best before it.
+    """Offering more has stopped committing more.
 
     A phase can fall behind its offer and still be latency-bound rather than
-    saturated (a higher offer fills bigger blocks and commits more), so the
-    sweep goes on while the committed rate grows.
+    saturated (a higher offer fills bigger blocks and commits more), and on a
+    shared machine one phase can be unlucky, so the sweep stops only when the
+    last phase lost txs, or when the last ``PLATEAU_PHASES`` phases were all
+    behind their offer and none beat the best earlier rate by ``PLATEAU_GROWTH``.
     """
     last = phases[-1]
-    if not last.saturated:
-        return False
     if last.committed < last.accepted or last.accepted < last.offered:
         return True  # losing txs: offering more measures nothing new
-    before = [_or_zero(p.committed_tx_per_s) for p in phases[:-1]]
-    return bool(before) and _or_zero(last.committed_tx_per_s) < PLATEAU_GROWTH * max(before)
+    if len(phases) <= PLATEAU_PHASES:
+        return False
+    recent = phases[-PLATEAU_PHASES:]
+    if not all(p.saturated for p in recent):
+        return False
+    best_before = max(_or_zero(p.committed_tx_per_s) for p in phases[:-PLATEAU_PHASES])
+    return all(_or_zero(p.committed_tx_per_s) < PLATEAU_GROWTH * best_before for p in recent)
 
 
 def _node_figures(net: BenchNet, nodes: Sequence[int]) -> list[NodeFigures]:

@@ -66,6 +66,7 @@ def test_tiny_sweep_and_catchup_are_well_formed(tmp_path: Path) -> None:
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"], lat
     assert phase["committed_tx_per_s"] > 0 and phase["blocks"] >= 1
     assert len(phase["cpu_s_per_node"]) == 4 and all(c > 0 for c in phase["cpu_s_per_node"])
+    assert phase["cpu_ms_per_tx_per_node"] > 0 and phase["view_changes"] >= 0
     assert t["saturation"]["committed_tx_per_s"] == phase["committed_tx_per_s"]
     ceiling = t["ceiling"]
     assert ceiling["verifications_per_s_per_core"] > 0 and ceiling["cores"] >= 1

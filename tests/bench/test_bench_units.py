@@ -22,7 +22,7 @@ from node.bench import (
     parse_folded,
     read_proc_stats,
 )
-from node.bench._run import _plateau, jsonable
+from node.bench._run import _plateau, _saturating_rate, jsonable
 from node.cli import main
 from node.load import LoadReport
 
@@ -121,11 +121,20 @@ def test_phase_saturation() -> None:
 def test_sweep_goes_on_while_the_committed_rate_grows() -> None:
     keeping_up = _phase(500, 500, 500, 5.0)  # 100 tx/s of 100 offered
     slow = _phase(500, 500, 500, 10.0)  # 50 tx/s: behind its offer
+    growing = _phase(500, 500, 500, 6.0)  # 83 tx/s: behind, but > 1.1 x 50
     assert not _plateau([keeping_up])
     assert not _plateau([slow])  # behind, but nothing to compare with yet
-    assert not _plateau([slow, _phase(500, 500, 500, 6.0)])  # 83 > 1.1 x 50: still growing
-    assert _plateau([keeping_up, slow])  # behind, and no faster than before
+    assert not _plateau([keeping_up, slow])  # one unlucky phase is not a plateau
+    assert not _plateau([slow, slow, growing])  # the last one still grew
+    assert _plateau([keeping_up, slow, slow])  # two phases behind, neither faster
     assert _plateau([_phase(500, 400, 400, 5.0)])  # losing txs
+
+
+def test_profile_runs_at_a_rate_the_network_cannot_keep_up_with() -> None:
+    ok = _phase(500, 500, 500, 5.0)  # keeps up with 100/s
+    assert _saturating_rate([ok]) == 200.0  # nothing saturated yet: offer twice the best
+    behind = _phase(500, 500, 500, 10.0)
+    assert _saturating_rate([behind]) == 100.0
 
 
 def test_jsonable_turns_nan_into_null() -> None:
