@@ -20,8 +20,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not TALLY:
         return
     profile = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-    terminalreporter.section(
-        f"fuzz tally (profile {profile}, max_examples {settings.default.max_examples})"
-    )
+    examples = settings.get_profile(profile).max_examples
+    terminalreporter.section(f"fuzz tally (profile {profile}, max_examples {examples})")
     for line in format_tally():
         terminalreporter.write_line(line)
