@@ -45,7 +45,6 @@ from ledger.keys import KeyPair
 from ledger.merkle import prove
 from ledger.results import decode_results
 from ledger.state import KIND_CLINICIAN, KIND_ORGANISATION, KIND_PATIENT, StateView
-from ledger.tx import Tx, tx_hash
 from ledger.validate import SigCache
 from node.api.app import ApiSettings, create_app
 from node.api.facade import AccountView, BlockView, NodeStatus, TxStatus
@@ -488,7 +487,7 @@ class NodeFacadeImpl:
         if raw is None or cert is None:
             raise NotFoundError(f"block {height} is not stored")
         block = codec.decode(raw, Block)
-        hashes = [codec_tx_hash(tx) for tx in block.txs]
+        hashes = [tx.hash() for tx in block.txs]
         return {
             "chain_id": p.genesis.chain_id,
             "height": height,
@@ -525,7 +524,7 @@ class NodeFacadeImpl:
             height=h,
             hash=block.hash(),
             header=block.header,
-            tx_hashes=[codec_tx_hash(tx) for tx in block.txs],
+            tx_hashes=[tx.hash() for tx in block.txs],
             certificate=cert,
         )
 
@@ -534,10 +533,6 @@ class NodeFacadeImpl:
 
     async def patient_audit(self, patient: bytes, reader: bytes) -> object:
         return self._node.clinical.reads.patient_audit(patient, reader)
-
-
-def codec_tx_hash(tx: Tx) -> bytes:
-    return tx_hash(codec.encode(tx))
 
 
 def run(config: Config, doc: GenesisDoc, key: KeyPair) -> None:

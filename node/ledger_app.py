@@ -103,26 +103,28 @@ class LedgerApplication:
         self._ctx = ctx
         self._clock_ms = clock_ms
         self._on_commit = on_commit
-        self._genesis_hash = genesis_hash(genesis)
         self._batch_wait_s = batch_wait_s
         self._monotonic = monotonic
         self._last_proposal = -math.inf
         self._tree = StateTree.load(store)
-        self._decoded: OrderedDict[bytes, Block] = OrderedDict()  # block bytes hash -> Block
+        self._decoded: OrderedDict[bytes, Block] = OrderedDict()  # block bytes -> Block
         self._decoded_cap = max(8, 4 * self._params.window)
         self._decoded_lock = threading.Lock()
         self._tx_hashes: OrderedDict[bytes, list[bytes]] = OrderedDict()  # block hash -> hashes
         self._executed: deque[CommitInfo] = deque()  # filled by commit(), drained by after_commit()
+        self._tip = self._load_tip()  # (hash, block time) of the last committed height
 
     # -- decoding ----------------------------------------------------------------
 
     def _decode(self, data: bytes) -> Block | None:
         """Decode once per block: validate, digest and commit all ask for the same bytes.
 
-        The cache is shared with :meth:`commit`, which may run in a worker
-        thread, hence the lock.
+        The bytes themselves are the key: Python hashes a bytes object once and
+        keeps it, and a hit costs one memcmp, where a digest would re-hash up
+        to a whole block on every call. The cache is shared with
+        :meth:`commit`, which may run in a worker thread, hence the lock.
         """
-        key = tx_hash(data)  # any collision-resistant digest of the bytes will do
+        key = data
         with self._decoded_lock:
             cached = self._decoded.get(key)
             if cached is not None:
@@ -161,21 +163,28 @@ class LedgerApplication:
 
     # -- what the chain looks like ------------------------------------------------
 
-    def _committed_height(self) -> int:
-        height = self._store.latest_height()
-        return height if height is not None else 0
+    def _load_tip(self) -> tuple[bytes, int]:
+        height = self._store.latest_height() or 0
+        tip_hash = self._store.get_block_hash(height) or b""
+        return tip_hash, self._stored_time(height)
 
-    def _time_of(self, parent: bytes, ancestors: Sequence[Block]) -> int:
-        """Block time of ``parent`` (an ancestor, a committed block or genesis)."""
-        for block in reversed(ancestors):
-            if block.hash() == parent:
-                return block.header.time_ms
-        height = self._store.height_of(parent)
-        if height is None or height == 0:
+    def _stored_time(self, height: int) -> int:
+        if height == 0:
             return self._genesis.genesis_time_ms
         raw = self._store.get_block_bytes(height)
         stored = self._decode(raw) if raw is not None else None
         return stored.header.time_ms if stored is not None else self._genesis.genesis_time_ms
+
+    def _time_of(self, parent: bytes, ancestors: Sequence[Block]) -> int:
+        """Block time of ``parent``: an ancestor, usually the tip, rarely an older block."""
+        for block in reversed(ancestors):
+            if block.hash() == parent:
+                return block.header.time_ms
+        tip_hash, tip_time = self._tip
+        if parent == tip_hash:
+            return tip_time
+        height = self._store.height_of(parent)
+        return self._stored_time(height) if height is not None else self._genesis.genesis_time_ms
 
     def _lagged_root(self, height: int) -> bytes | None:
         """State root the header of ``height`` must carry: after ``height - window``."""
@@ -305,6 +314,7 @@ class LedgerApplication:
             blob_puts=[(bh, b) for bh, b in blob_puts if bh not in erased],
         )
         self._store.commit(bundle)
+        self._tip = (decoded.hash(), decoded.header.time_ms)
         if result.tree is not None:
             self._tree = result.tree
         if result.blob_deletes:
