@@ -61,6 +61,7 @@ from consensus.errors import (
     SafetyViolationError,
 )
 from consensus.messages import (
+    BlockOffer,
     Checkpoint,
     CheckpointProof,
     Commit,
@@ -70,6 +71,7 @@ from consensus.messages import (
     NewView,
     Payload,
     Prepare,
+    PreparedCert,
     PreparedProof,
     PrePrepare,
     SignedViewChange,
@@ -282,7 +284,8 @@ class _Slot:
     pp_digest: bytes = b""
     pp_state: _PP = _PP.PENDING
     blocks: dict[bytes, bytes] = field(default_factory=dict)
-    prepares: dict[tuple[int, bytes], dict[bytes, bytes]] = field(default_factory=dict)
+    # (view, digest, parent) -> {sender: signature}
+    prepares: dict[tuple[int, bytes, bytes], dict[bytes, bytes]] = field(default_factory=dict)
     commits: dict[tuple[int, bytes], dict[bytes, bytes]] = field(default_factory=dict)
     # (kind, view, sender) -> (digest, encoded envelope): equivocation detection
     seen: dict[tuple[str, int, bytes], tuple[bytes, bytes]] = field(default_factory=dict)
@@ -297,6 +300,10 @@ class _Slot:
 
     def pp_block(self) -> bytes:
         return self.blocks[self.pp_digest]
+
+    def has_pp_block(self) -> bool:
+        """False for a NEW-VIEW re-proposal whose block has not arrived yet."""
+        return self.pp_digest in self.blocks
 
 
 def _own_key(payload: Payload) -> tuple[str, int, int] | None:
@@ -316,34 +323,56 @@ def _own_key(payload: Payload) -> tuple[str, int, int] | None:
     return None
 
 
-def compute_new_view(
-    vcs: Sequence[ViewChange], app: Application
-) -> tuple[CheckpointProof, list[PreparedProof]]:
-    """The checkpoint and re-proposals a NEW-VIEW built from ``vcs`` implies.
+@dataclass(frozen=True, slots=True)
+class NewViewPlan:
+    """What a NEW-VIEW implies: a final base and the chain re-proposed above it."""
+
+    checkpoint: CheckpointProof
+    base_height: int  # everything up to here is final (checkpoint or commit certificate)
+    base_digest: bytes
+    chain: list[PreparedCert]
+
+
+def compute_new_view(vcs: Sequence[ViewChange]) -> NewViewPlan:
+    """The base and re-proposals a NEW-VIEW built from ``vcs`` implies.
 
     Pure and deterministic, so the primary and every replica agree. ``vcs``
-    must already be verified. Per height above the highest checkpoint, the
-    prepared proof of the highest view wins (ties, possible only with more than
-    f faulty validators, break by digest); the chain is cut at the first
-    height with no proof or whose block does not extend the previous one.
+    must already be verified. The base is the highest stable checkpoint or
+    commit certificate among them: a certificate is final, so no block at or
+    below it can be re-proposed. Per height above the base, the prepared proof
+    of the highest view wins (ties, possible only with more than f faulty
+    validators, break by digest); the chain is cut at the first height with no
+    proof or whose proof does not extend the previous one. The parent a proof
+    names is attested by its quorum of PREPAREs (honest replicas check it), so
+    no block is needed to find the cut.
+
+    Safety: a block committed at height h was prepared by f + 1 honest
+    replicas, and any quorum of view changes includes one of them; that one
+    either still lists the proof or has committed h or above, in which case
+    its certificate puts the base at or above h.
     """
     cp = max((vc.checkpoint for vc in vcs), key=lambda c: (c.height, c.block_digest))
-    best: dict[int, PreparedProof] = {}
+    base_h, base_d = cp.height, cp.block_digest
+    for vc in vcs:
+        c = vc.committed
+        if c is not None and (c.height, c.digest) > (base_h, base_d):
+            base_h, base_d = c.height, c.digest
+    best: dict[int, PreparedCert] = {}
     for vc in vcs:
         for p in vc.prepared:
-            if p.height <= cp.height:
+            if p.height <= base_h:
                 continue
             cur = best.get(p.height)
             if cur is None or (p.view, cur.digest) > (cur.view, p.digest):
                 best[p.height] = p
-    chain: list[PreparedProof] = []
-    parent = cp.block_digest
-    h = cp.height + 1
-    while h in best and app.parent_of(best[h].block) == parent:
+    chain: list[PreparedCert] = []
+    parent = base_d
+    h = base_h + 1
+    while h in best and best[h].parent == parent:
         chain.append(best[h])
         parent = best[h].digest
         h += 1
-    return cp, chain
+    return NewViewPlan(cp, base_h, base_d, chain)
 
 
 class Replica:
@@ -387,6 +416,9 @@ class Replica:
         self._vc_store: dict[bytes, dict[int, SignedViewChange]] = {}
         self._nv_env: Envelope | None = None  # NEW-VIEW of the current view (any sender)
         self._chain_end = 0  # highest height re-proposed by the current view's NEW-VIEW
+        # The current view's NEW-VIEW base: final, like a stable checkpoint.
+        self._nv_base: tuple[int, bytes] = (0, genesis_digest)
+        self._last_cert: CommitCertificate | None = None  # of height self.committed
         self._consecutive_vc = 0
         self._vc_timer_for = -1
         self._timer_tokens: dict[TimerKind, int] = {}
@@ -397,6 +429,7 @@ class Replica:
         self._nv_replied: set[bytes] = set()
         self._requests_served: dict[bytes, int] = {}
         self._st_target = 0
+        self._st_probe = False  # _st_target is a guess that the last peer has more
         self._st_outstanding: bytes | None = None
         self._st_rotation = 0
         self._st_attempts = 0
@@ -415,6 +448,7 @@ class Replica:
             own = self._own.get(("vc", self.vc_target, 0))
             if own is not None:
                 self._broadcast_env(own)
+                self._offer_blocks()
             self._check_vc_quorum()
         else:
             self._resend_own()
@@ -610,9 +644,17 @@ class Replica:
             self._on_state_response(env, p)
         elif isinstance(p, Status):
             self._on_status(env, p)
+        elif isinstance(p, BlockOffer):
+            self._on_block_offer(env, p)
 
     def _base(self) -> int:
         return max(self.stable.height, self.committed)
+
+    def _floor(self) -> tuple[int, bytes]:
+        """The highest height known final without holding its block: stable or NEW-VIEW base."""
+        if self._nv_base[0] > self.stable.height:
+            return self._nv_base
+        return (self.stable.height, self.stable.block_digest)
 
     def _in_window(self, height: int) -> bool:
         if self.committed < height <= self._base() + self._L:
@@ -658,6 +700,17 @@ class Replica:
         slot = self._slot(pp.height)
         if not self._note_vote(slot, "pp", pp.view, env.sender, pp.digest, data):
             return
+        if slot.has_pp(pp.view) and slot.pp_digest == pp.digest and not slot.has_pp_block():
+            # The block of a NEW-VIEW re-proposal, from the new primary.
+            if self.app.digest_of(pp.block) != pp.digest:
+                self._c.invalid_proposals += 1
+                raise RemoteProtocolError("pre-prepare digest does not match its block")
+            if len(slot.blocks) >= 4:
+                slot.blocks.pop(next(iter(slot.blocks)))
+            slot.blocks[pp.digest] = pp.block
+            self._check_decided(slot)
+            self._step()
+            return
         if slot.has_pp(pp.view) or pp.height <= self._chain_end:
             return  # NEW-VIEW already fixed this height in this view
         if self.app.digest_of(pp.block) != pp.digest:
@@ -678,9 +731,9 @@ class Replica:
             self._c.dropped_out_of_window += int(p.view < self.view)
             return
         slot = self._slot(p.height)
-        if not self._note_vote(slot, "p", p.view, env.sender, p.digest, data):
+        if not self._note_vote(slot, "p", p.view, env.sender, p.digest + p.parent, data):
             return
-        votes = slot.prepares.setdefault((p.view, p.digest), {})
+        votes = slot.prepares.setdefault((p.view, p.digest, p.parent), {})
         votes[env.sender] = env.signature
         if p.view == self.view and len(votes) >= self.vs.quorum:
             self._step()
@@ -711,16 +764,20 @@ class Replica:
         parent = self._committed_digests[self.committed]
         parent_ok_for_app = True  # ancestors known back to the committed height
         h = self.committed + 1
-        if self.stable.height > self.committed:
-            # Behind the stable checkpoint: only certified re-proposals above it can move.
-            h = self.stable.height + 1
-            parent = self.stable.block_digest
+        floor_h, floor_d = self._floor()
+        if floor_h > self.committed:
+            # Behind a stable checkpoint or NEW-VIEW base: only certified
+            # re-proposals above it can move until state transfer catches up.
+            h = floor_h + 1
+            parent = floor_d
             parent_ok_for_app = False
         prev_prepared_ok = True  # h-1 committed/stable: the prepare rule holds
         while True:
             slot = self._slots.get(h)
             if slot is None or not slot.has_pp(view) or slot.pp_state is _PP.INVALID:
                 return
+            if not slot.has_pp_block():
+                return  # a re-proposal whose block the new primary has yet to send
             block = slot.pp_block()
             if slot.pp_state is _PP.PENDING:
                 if self.app.parent_of(block) != parent:
@@ -741,11 +798,11 @@ class Replica:
                 return  # a certified block not on our chain: wait (state transfer)
             d = slot.pp_digest
             if prev_prepared_ok and slot.sent_prepare_view != view:
-                env = self._cast(Prepare(view, h, d))
+                env = self._cast(Prepare(view, h, d, parent))
                 slot.sent_prepare_view = view
                 if env is not None:
-                    slot.prepares.setdefault((view, d), {})[self.id] = env.signature
-            votes = slot.prepares.get((view, d), {})
+                    slot.prepares.setdefault((view, d, parent), {})[self.id] = env.signature
+            votes = slot.prepares.get((view, d, parent), {})
             prepared_here = (
                 slot.sent_prepare_view == view
                 and self.id in votes
@@ -753,7 +810,7 @@ class Replica:
             )
             if prepared_here and slot.sent_commit_view != view:
                 proof = PreparedProof(
-                    view, h, d, block, sorted_sigs(self.vs, votes, self.vs.quorum)
+                    view, h, d, parent, block, sorted_sigs(self.vs, votes, self.vs.quorum)
                 )
                 if slot.prepared is None or slot.prepared.view < view:
                     slot.prepared = proof
@@ -808,6 +865,7 @@ class Replica:
             self._unexecuted[h] = block
         self._committed_digests[h] = digest
         self.committed = h
+        self._last_cert = cert
 
     def _on_progress(self) -> None:
         self._consecutive_vc = 0
@@ -842,14 +900,14 @@ class Replica:
 
     def _propose(self) -> bool:
         """As primary, fill the pipeline window with new blocks; True if any was proposed."""
-        if self.in_view_change or not self.is_primary or self.stable.height > self.committed:
+        if self.in_view_change or not self.is_primary or self._floor()[0] > self.committed:
             return False
         view = self.view
         ancestors = self._executed_gap()
         parent = self._committed_digests[self.committed]
         h = self.committed + 1
         while (s := self._slots.get(h)) is not None and s.has_pp(view):
-            if s.pp_state is not _PP.OK:
+            if s.pp_state is not _PP.OK or not s.has_pp_block():
                 return False
             ancestors.append(s.pp_block())
             parent = s.pp_digest
@@ -969,10 +1027,10 @@ class Replica:
 
     def _verify_view_change(self, vc: ViewChange) -> None:
         self.vs.check_checkpoint(vc.checkpoint, self.genesis)
+        if vc.committed is not None:
+            self.vs.check_certificate(vc.committed)
         for p in vc.prepared:
             self.vs.check_prepared(p)
-            if self.app.digest_of(p.block) != p.digest:
-                raise InvalidProofError("prepared proof block does not match its digest")
 
     def _on_view_change(self, env: Envelope, vc: ViewChange) -> None:
         current = self.vc_target if self.in_view_change else self.view
@@ -1028,14 +1086,64 @@ class Replica:
         self._cancel_timer(TimerKind.PROGRESS)
         self._cancel_timer(TimerKind.VIEW_CHANGE)
         self._vc_timer_for = -1
-        prepared = [s.prepared for _, s in sorted(self._slots.items())
-                    if s.prepared is not None and s.prepared.height > self.stable.height]
-        env = self._cast(ViewChange(target, self.stable, prepared))
+        cert = self._committed_cert()
+        above = max(self.stable.height, cert.height if cert is not None else 0)
+        prepared = [s.prepared.cert() for _, s in sorted(self._slots.items())
+                    if s.prepared is not None and s.prepared.height > above]
+        env = self._cast(ViewChange(target, self.stable, cert, prepared))
         if env is not None and isinstance(env.payload, ViewChange):
             self._vc_store.setdefault(self.id, {})[target] = SignedViewChange(
                 self.id, env.payload, env.signature
             )
+        self._offer_blocks()
         self._check_vc_quorum()
+
+    def _committed_cert(self) -> CommitCertificate | None:
+        """The certificate of our committed height, if above the stable checkpoint."""
+        if self.committed <= self.stable.height:
+            return None
+        cert = self._last_cert
+        if cert is None or cert.height != self.committed:
+            got = self.app.committed_block(self.committed)  # after a restart
+            if got is None:
+                return None
+            try:
+                cert = codec.decode(got[1], CommitCertificate)
+            except LedgerError:
+                return None
+            self._last_cert = cert
+        return cert if cert.digest == self._committed_digests.get(self.committed) else None
+
+    def _offer_blocks(self) -> None:
+        """Send the new primary the blocks our VIEW-CHANGE names (it may lack them)."""
+        primary = self.vs.primary(self.vc_target)
+        own = self._own.get(("vc", self.vc_target, 0))
+        if primary == self.id or own is None or not isinstance(own.payload, ViewChange):
+            return
+        for p in own.payload.prepared:
+            slot = self._slots.get(p.height)
+            block = slot.blocks.get(p.digest) if slot is not None else None
+            if block is not None:
+                offer = BlockOffer(self.vc_target, p.height, block)
+                self._send_env(primary, sign(self._key, self.vs.chain_id, offer))
+
+    def _on_block_offer(self, env: Envelope, offer: BlockOffer) -> None:
+        if (not self.in_view_change or offer.new_view != self.vc_target
+                or self.vs.primary(offer.new_view) != self.id):
+            self._c.dropped_out_of_window += 1
+            return
+        if not self._in_window(offer.height):
+            return
+        digest = self.app.digest_of(offer.block)
+        if digest is None:
+            raise RemoteProtocolError("offered block is undecodable")
+        slot = self._slot(offer.height)
+        if digest not in slot.blocks:
+            if len(slot.blocks) >= 4:
+                self._c.dropped_over_cap += 1
+                return
+            slot.blocks[digest] = offer.block
+            self._check_vc_quorum()
 
     def _check_vc_quorum(self) -> None:
         if not self.in_view_change:
@@ -1055,9 +1163,25 @@ class Replica:
             if self.id not in chosen:
                 chosen = [self.id, *chosen[: self.vs.quorum - 1]]
             svcs = [self._vc_store[s][t] for s in sorted(chosen, key=self.vs.index)]
+            plan = compute_new_view([svc.view_change for svc in svcs])
+            if any(self._block_for(p.height, p.digest) is None for p in plan.chain):
+                return  # wait for the BlockOffers of the view changes' senders
             env = self._cast(NewView(t, svcs))
             if env is not None and isinstance(env.payload, NewView):
                 self._enter_view(env, env.payload)
+
+    def _block_for(self, height: int, digest: bytes) -> bytes | None:
+        slot = self._slots.get(height)
+        if slot is not None and digest in slot.blocks:
+            return slot.blocks[digest]
+        if self._committed_digests.get(height) == digest:
+            block = self._unexecuted.get(height)
+            if block is not None:
+                return block
+            got = self.app.committed_block(height)
+            if got is not None and self.app.digest_of(got[0]) == digest:
+                return got[0]
+        return None
 
     def _on_new_view(self, env: Envelope, nv: NewView) -> None:
         if env.sender != self.vs.primary(nv.view):
@@ -1080,7 +1204,8 @@ class Replica:
         self._enter_view(env, nv)
 
     def _enter_view(self, env: Envelope, nv: NewView) -> None:
-        cp, chain = compute_new_view([s.view_change for s in nv.view_changes], self.app)
+        plan = compute_new_view([s.view_change for s in nv.view_changes])
+        cp, chain = plan.checkpoint, plan.chain
         self.view = nv.view
         self.vc_target = nv.view
         self.in_view_change = False
@@ -1095,7 +1220,13 @@ class Replica:
             del self._own[k]
         if cp.height > self.stable.height:
             self._set_stable(cp)
-        self._chain_end = max(cp.height, chain[-1].height if chain else 0)
+        base_h, base_d = plan.base_height, plan.base_digest
+        if base_h <= self.committed:
+            mine = self._committed_digests.get(base_h)
+            if mine is not None and mine != base_d:
+                raise SafetyViolationError(f"new-view base conflicts with our block at {base_h}")
+        self._nv_base = (base_h, base_d)
+        self._chain_end = max(base_h, chain[-1].height if chain else 0)
         for proof in chain:
             h = proof.height
             if h <= self.committed:
@@ -1103,15 +1234,20 @@ class Replica:
                     raise SafetyViolationError(f"new-view re-proposes another block at {h}")
                 continue
             slot = self._slot(h)
-            if len(slot.blocks) >= 4 and proof.digest not in slot.blocks:
-                slot.blocks.pop(next(iter(slot.blocks)))
-            slot.blocks[proof.digest] = proof.block
             slot.pp_view, slot.pp_digest, slot.pp_state = nv.view, proof.digest, _PP.OK
         if self._replaying:
             return
         # Drop superseded view changes from the WAL: it stays bounded however
         # many views pass between two stable checkpoints.
         self._emit(RewriteWAL(tuple(self._live_wal_records())))
+        if base_h > self.committed:
+            self._note_lag(base_h)  # final blocks we lack: fetch them with certificates
+        if env.sender == self.id:
+            # The re-proposed blocks, one PRE-PREPARE each (we checked we hold them).
+            for proof in chain:
+                block = self._block_for(proof.height, proof.digest)
+                if block is not None:
+                    self._cast(PrePrepare(nv.view, proof.height, proof.digest, block))
         for proof in chain:
             s = self._slots.get(proof.height)
             if s is not None:
@@ -1124,6 +1260,7 @@ class Replica:
     def _note_lag(self, height: int) -> None:
         if height > self._st_target:
             self._st_target = height
+            self._st_probe = False
         self._request_state()
 
     def _request_state(self) -> None:
@@ -1156,12 +1293,22 @@ class Replica:
         self._send_blocks(env.sender, req.from_height, hi)
 
     def _send_blocks(self, peer: bytes, lo: int, hi: int) -> None:
+        """Answer with committed blocks from ``lo``: at most ``hi``, and within half a frame.
+
+        The byte budget matters as much as the count: 64 full blocks do not fit
+        in one network frame, and a response the transport refuses would leave
+        the laggard asking forever.
+        """
         blocks: list[CommittedBlock] = []
+        budget = self.config.max_message_size // 2
         for h in range(lo, hi + 1):
             got = self.app.committed_block(h)
             if got is None:
                 break
             block, cert_bytes = got
+            budget -= len(block) + len(cert_bytes)
+            if blocks and budget < 0:
+                break
             try:
                 cert = codec.decode(cert_bytes, CommitCertificate)
             except LedgerError:
@@ -1204,10 +1351,16 @@ class Replica:
         if bad:
             self._st_rotation += 1
         if self.committed > before:
-            if len(resp.blocks) >= self.config.state_batch and self._st_target <= self.committed:
-                self._st_target = self.committed + 1  # the peer may have more
+            if self._st_target <= self.committed:
+                # The peer may have more (a response is cut by count and by bytes);
+                # one more request finds out, an empty answer ends it.
+                self._st_target = self.committed + 1
+                self._st_probe = True
             self._on_progress()
             self._execute()
+        elif from_outstanding and self._st_probe and self._st_target == self.committed + 1:
+            self._st_target = self.committed  # the probe found nothing more: done
+            self._st_probe = False
         elif from_outstanding:
             self._st_rotation += 1
             self._request_state()
@@ -1251,6 +1404,7 @@ class Replica:
             env = self._own.get(("vc", self.vc_target, 0))
             if env is not None:
                 self._broadcast_env(env)
+                self._offer_blocks()
             return
         if self._nv_env is not None and self._nv_env.sender == self.id:
             self._broadcast_env(self._nv_env)
@@ -1326,7 +1480,8 @@ class Replica:
                     slot.pp_view, slot.pp_digest, slot.pp_state = pl.view, pl.digest, _PP.OK
                 elif isinstance(pl, Prepare) and pl.height > self.committed:
                     slot = self._slot(pl.height)
-                    slot.prepares.setdefault((pl.view, pl.digest), {})[self.id] = env.signature
+                    pkey = (pl.view, pl.digest, pl.parent)
+                    slot.prepares.setdefault(pkey, {})[self.id] = env.signature
                     slot.sent_prepare_view = max(slot.sent_prepare_view, pl.view)
                 elif isinstance(pl, Commit) and pl.height > self.committed:
                     slot = self._slot(pl.height)

@@ -44,9 +44,18 @@ class PrePrepare(Record, frozen=True, tag=1):
 
 
 class Prepare(Record, frozen=True, tag=2):
+    """A vote for ``digest`` at ``height``, which the voter checked extends ``parent``.
+
+    Signing the parent makes a prepared proof attest the chain link by itself,
+    so a view change can carry digests instead of whole blocks (see
+    :class:`ViewChange`) and still let every replica cut the re-proposed chain
+    where it breaks.
+    """
+
     view: int
     height: int
     digest: bytes
+    parent: bytes
 
 
 class Commit(Record, frozen=True, tag=3):
@@ -64,12 +73,36 @@ class Checkpoint(Record, frozen=True, tag=4):
 
 
 class PreparedProof(Record, frozen=True):
-    """A block prepared in ``view``: the block itself and a quorum of PREPARE signatures."""
+    """A block prepared in ``view``: the block itself and a quorum of PREPARE signatures.
+
+    Kept in the WAL, so a restarted replica still holds the blocks it prepared.
+    """
 
     view: int
     height: int
     digest: bytes
+    parent: bytes
     block: bytes
+    prepares: list[VoteSig]
+
+    def cert(self) -> PreparedCert:
+        return PreparedCert(self.view, self.height, self.digest, self.parent, self.prepares)
+
+
+class PreparedCert(Record, frozen=True):
+    """A prepared proof without its block: what a VIEW-CHANGE carries.
+
+    A VIEW-CHANGE with whole blocks grows with block size times pipeline depth,
+    and a NEW-VIEW carries a quorum of them: under load that outgrew the
+    network's frame limit and view changes could never complete. Blocks reach
+    the new primary separately (:class:`BlockOffer`) and the replicas through
+    the new primary's PRE-PREPAREs.
+    """
+
+    view: int
+    height: int
+    digest: bytes
+    parent: bytes
     prepares: list[VoteSig]
 
 
@@ -107,9 +140,19 @@ class CommitCertificate(Record, frozen=True):
 
 
 class ViewChange(Record, frozen=True, tag=5):
+    """A replica leaves for ``new_view`` with what it knows is final and what it prepared.
+
+    ``committed`` is the certificate of the sender's highest committed height
+    when that is above the checkpoint (None otherwise); ``prepared`` lists only
+    heights above both. A committed height needs no prepared proof: its
+    certificate fixes it and its ancestors, and laggards fetch them by state
+    transfer. That keeps a view change small however far the checkpoint lags.
+    """
+
     new_view: int
     checkpoint: CheckpointProof
-    prepared: list[PreparedProof]
+    committed: CommitCertificate | None
+    prepared: list[PreparedCert]
 
 
 class SignedViewChange(Record, frozen=True):
@@ -121,13 +164,26 @@ class SignedViewChange(Record, frozen=True):
 class NewView(Record, frozen=True, tag=6):
     """The new primary's proof: a quorum of VIEW-CHANGEs for ``view``.
 
-    Re-proposals are not listed: every replica recomputes them from the
-    view changes (:func:`consensus.core.compute_new_view`), so a primary
-    cannot smuggle in a block the proofs do not justify.
+    Re-proposals are not listed: every replica recomputes them (digests) from
+    the view changes (:func:`consensus.core.compute_new_view`), so a primary
+    cannot smuggle in a block the proofs do not justify. The blocks follow as
+    the new primary's PRE-PREPAREs, one per height.
     """
 
     view: int
     view_changes: list[SignedViewChange]
+
+
+class BlockOffer(Record, frozen=True, tag=10):
+    """A block the sender prepared, sent to the primary of ``new_view`` with its VIEW-CHANGE.
+
+    The new primary must hold every block its NEW-VIEW re-proposes; it may have
+    missed the old PRE-PREPARE. One block per message keeps frames small.
+    """
+
+    new_view: int
+    height: int
+    block: bytes
 
 
 class StateRequest(Record, frozen=True, tag=7):
@@ -161,6 +217,7 @@ Payload = (
     | StateRequest
     | StateResponse
     | Status
+    | BlockOffer
 )
 
 
@@ -233,8 +290,9 @@ def _slot(view: int, height: int, digest: bytes) -> None:
     _digest(digest, "digest")
 
 
-def validate_prepared(p: PreparedProof) -> None:
+def validate_prepared(p: PreparedProof | PreparedCert) -> None:
     _slot(p.view, p.height, p.digest)
+    _digest(p.parent, "parent digest")
     _sigs(p.prepares, "prepared proof")
 
 
@@ -255,6 +313,10 @@ def validate_view_change(vc: ViewChange) -> None:
     validate_checkpoint_proof(vc.checkpoint)
     _need(len(vc.prepared) <= MAX_PREPARED_PER_VIEW_CHANGE, "too many prepared proofs")
     last = vc.checkpoint.height
+    if vc.committed is not None:
+        validate_certificate(vc.committed)
+        _need(vc.committed.height > last, "committed certificate not above the checkpoint")
+        last = vc.committed.height
     for p in vc.prepared:
         validate_prepared(p)
         _need(p.height > last, "prepared proofs must be above the checkpoint, ascending")
@@ -266,6 +328,8 @@ def validate_payload(payload: Payload) -> None:
     """Raise :class:`BadMessageError` if ``payload`` breaks a stateless bound."""
     if isinstance(payload, PrePrepare | Prepare | Commit):
         _slot(payload.view, payload.height, payload.digest)
+        if isinstance(payload, Prepare):
+            _digest(payload.parent, "parent digest")
     elif isinstance(payload, Checkpoint):
         _need(payload.height >= 1, "checkpoint height must be >= 1")
         _digest(payload.block_digest, "checkpoint block digest")
@@ -286,6 +350,8 @@ def validate_payload(payload: Payload) -> None:
         _need(len(payload.blocks) <= MAX_BLOCKS_PER_RESPONSE, "too many blocks in response")
         for cb in payload.blocks:
             validate_certificate(cb.certificate)
+    elif isinstance(payload, BlockOffer):
+        _need(payload.new_view >= 1 and payload.height >= 1, "bad block offer")
     elif isinstance(payload, Status):
         _need(payload.committed_height >= 0 and payload.view >= 0, "bad status")
 

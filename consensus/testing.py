@@ -44,7 +44,7 @@ from consensus.messages import (
     CommitCertificate,
     Envelope,
     Prepare,
-    PreparedProof,
+    PreparedCert,
     PrePrepare,
     StateResponse,
     ViewChange,
@@ -299,6 +299,7 @@ class Simulation:
         self.signed_votes: dict[tuple[int, str, int, int], bytes] = {}
         self.double_votes: list[tuple[int, str, int, int]] = []
         self.messages_sent: dict[str, int] = {}
+        self.largest_message: dict[str, int] = {}  # kind -> bytes of the largest one sent
         self.submitted: dict[bytes, Tx] = {}
         self.submit_time: dict[bytes, int] = {}
         self.commit_time: dict[tuple[int, bytes], int] = {}  # (node, tx hash) -> time
@@ -357,6 +358,7 @@ class Simulation:
         if dst == src.index:
             return
         self.messages_sent[kind] = self.messages_sent.get(kind, 0) + 1
+        self.largest_message[kind] = max(self.largest_message.get(kind, 0), len(data))
         copies = 1 + (1 if self.rng.random() < self.net.duplicate else 0)
         for _ in range(copies):
             if not self._linked(src.index, dst) or self.rng.random() < self.net.drop:
@@ -460,7 +462,8 @@ class Simulation:
         if mode == "equivocate" and isinstance(p, Prepare):
             d2 = node.equivocated.get((p.view, p.height))
             if d2 is not None:
-                alt_data = encode_envelope(sign(node.key, CHAIN_ID, Prepare(p.view, p.height, d2)))
+                alt_p = Prepare(p.view, p.height, d2, p.parent)
+                alt_data = encode_envelope(sign(node.key, CHAIN_ID, alt_p))
                 return [(j, alt_data if j in half else e.data) for j in targets]
         if mode == "withhold" and type(p).__name__ in ("Prepare", "Commit", "Checkpoint"):
             return [(j, e.data) for j in targets if self.rng.random() < 0.2]
@@ -469,10 +472,12 @@ class Simulation:
             if self.rng.random() < 0.1:
                 view = node.replica.view + self.rng.randint(1, 40)
                 gen = CheckpointProof(0, self.genesis, bytes(32), [])
-                forged = PreparedProof(
-                    0, 1, bytes(32), b"\x01", [VoteSig(k.public_key, bytes(64)) for k in self.keys]
+                forged = PreparedCert(
+                    0, 1, bytes(32), self.genesis,
+                    [VoteSig(k.public_key, bytes(64)) for k in self.keys],
                 )
-                for vc in (ViewChange(view, gen, []), ViewChange(view + 1, gen, [forged])):
+                for vc in (ViewChange(view, gen, None, []),
+                           ViewChange(view + 1, gen, None, [forged])):
                     data = encode_envelope(sign(node.key, CHAIN_ID, vc))
                     out.extend((j, data) for j in targets)
             return out

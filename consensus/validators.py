@@ -28,6 +28,7 @@ from consensus.messages import (
     Envelope,
     Payload,
     Prepare,
+    PreparedCert,
     PreparedProof,
     SignedViewChange,
     VoteSig,
@@ -111,8 +112,10 @@ class ValidatorSet:
     def check_certificate(self, cert: CommitCertificate) -> None:
         self.check_quorum(Commit(cert.view, cert.height, cert.digest), cert.commits)
 
-    def check_prepared(self, proof: PreparedProof) -> None:
-        self.check_quorum(Prepare(proof.view, proof.height, proof.digest), proof.prepares)
+    def check_prepared(self, proof: PreparedProof | PreparedCert) -> None:
+        self.check_quorum(
+            Prepare(proof.view, proof.height, proof.digest, proof.parent), proof.prepares
+        )
 
     def check_checkpoint(self, proof: CheckpointProof, genesis: CheckpointProof) -> None:
         if proof.height == 0:

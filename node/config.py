@@ -170,6 +170,10 @@ class P2PConfig:
     private_network: bool = True
 
 
+#: Room a PRE-PREPARE needs beyond its block: envelope, keys, signature, digests.
+BLOCK_FRAME_OVERHEAD = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class ConsensusConfig:
     """PBFT timing and block limits.
@@ -355,6 +359,13 @@ def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path) -> Con
         raise ConfigError(
             f"{source}: mempool.max_bytes: must be >= consensus.max_block_bytes "
             f"({config.consensus.max_block_bytes})"
+        )
+    if config.consensus.max_block_bytes + BLOCK_FRAME_OVERHEAD > config.p2p.max_message_bytes:
+        # A PRE-PREPARE carries one whole block: it must fit one frame, or every
+        # proposal would be dropped by the transport and nothing would commit.
+        raise ConfigError(
+            f"{source}: consensus.max_block_bytes: must be <= p2p.max_message_bytes - "
+            f"{BLOCK_FRAME_OVERHEAD} ({config.p2p.max_message_bytes - BLOCK_FRAME_OVERHEAD})"
         )
     if config.p2p.gossip_batch_bytes > config.p2p.max_message_bytes:
         raise ConfigError(f"{source}: p2p.gossip_batch_bytes: must be <= p2p.max_message_bytes")

@@ -32,7 +32,7 @@ def test_backup_prepares_a_valid_proposal_after_persisting() -> None:
     effects = r.receive(signed(0, PrePrepare(0, 1, d, b)))
     out = sent(effects)
     assert [type(e.payload) for e in out] == [Prepare]
-    assert out[0].payload == Prepare(0, 1, d)
+    assert out[0].payload == Prepare(0, 1, d, GENESIS)
     # the vote is persisted before it is sent
     kinds = [type(e).__name__ for e in effects]
     assert kinds.index("Persist") < kinds.index("Broadcast")
@@ -42,9 +42,9 @@ def test_full_normal_case_commits_with_a_valid_certificate() -> None:
     r, _app = make_replica(1)
     b, d = block(1, GENESIS)
     r.receive(signed(0, PrePrepare(0, 1, d, b)))
-    assert sent(r.receive(signed(0, Prepare(0, 1, d)))) == []
+    assert sent(r.receive(signed(0, Prepare(0, 1, d, GENESIS)))) == []
     # own + two others = quorum of 3: prepared, so COMMIT goes out
-    out = sent(r.receive(signed(2, Prepare(0, 1, d))))
+    out = sent(r.receive(signed(2, Prepare(0, 1, d, GENESIS))))
     assert [e.payload for e in out] == [Commit(0, 1, d)]
     effects = []
     for i in (0, 2):
@@ -77,9 +77,9 @@ def test_non_validator_bad_signature_and_garbage_are_dropped_and_counted() -> No
 
     r, _ = make_replica(1)
     outsider = KeyPair.from_seed(sha256(b"outsider"))
-    r.receive(codec.encode(sign(outsider, CHAIN_ID, Prepare(0, 1, bytes(32)))))
-    env = sign(KEYS[2], CHAIN_ID, Prepare(0, 1, bytes(32)))
-    forged = type(env)(env.sender, Prepare(0, 2, bytes(32)), env.signature)
+    r.receive(codec.encode(sign(outsider, CHAIN_ID, Prepare(0, 1, bytes(32), GENESIS))))
+    env = sign(KEYS[2], CHAIN_ID, Prepare(0, 1, bytes(32), GENESIS))
+    forged = type(env)(env.sender, Prepare(0, 2, bytes(32), GENESIS), env.signature)
     r.receive(codec.encode(forged))
     r.receive(b"\xff\x00garbage")
     s = r.statistics()
@@ -89,15 +89,16 @@ def test_non_validator_bad_signature_and_garbage_are_dropped_and_counted() -> No
 def test_equivocation_is_kept_as_evidence() -> None:
     r, _ = make_replica(1)
     a, b = bytes([1]) * 32, bytes([2]) * 32
-    r.receive(signed(2, Prepare(0, 1, a)))
-    effects = r.receive(signed(2, Prepare(0, 1, b)))
+    r.receive(signed(2, Prepare(0, 1, a, GENESIS)))
+    effects = r.receive(signed(2, Prepare(0, 1, b, GENESIS)))
     ev = [e for e in effects if isinstance(e, Evidence)]
     assert len(ev) == 1 and ev[0].validator == KEYS[2].public_key
-    assert ev[0].first == signed(2, Prepare(0, 1, a))
-    assert ev[0].second == signed(2, Prepare(0, 1, b))
+    assert ev[0].first == signed(2, Prepare(0, 1, a, GENESIS))
+    assert ev[0].second == signed(2, Prepare(0, 1, b, GENESIS))
     assert r.statistics().equivocations == 1
     # a duplicate of the first is neither evidence nor a second vote
-    assert not [e for e in r.receive(signed(2, Prepare(0, 1, a))) if isinstance(e, Evidence)]
+    again = r.receive(signed(2, Prepare(0, 1, a, GENESIS)))
+    assert not [e for e in again if isinstance(e, Evidence)]
 
 
 def test_restart_from_wal_never_signs_a_conflicting_vote() -> None:
@@ -130,7 +131,7 @@ def test_flood_of_future_messages_keeps_memory_bounded() -> None:
     d = bytes([7]) * 32
     for h in range(1, 3000, 29):
         for v in range(0, 60, 5):
-            r.receive(signed(2, Prepare(v, h, d)))
+            r.receive(signed(2, Prepare(v, h, d, GENESIS)))
             r.receive(signed(3, Commit(v, h, d)))
     s = r.statistics()
     assert r.buffered_heights() <= sim_config().effective_log_window
@@ -182,7 +183,7 @@ def _vc(i: int, view: int) -> bytes:
 
     from .helpers import GENESIS
 
-    return signed(i, ViewChange(view, CheckpointProof(0, GENESIS, bytes(32), []), []))
+    return signed(i, ViewChange(view, CheckpointProof(0, GENESIS, bytes(32), []), None, []))
 
 
 def test_one_bogus_view_change_does_not_move_a_replica_but_f_plus_1_do() -> None:
@@ -206,7 +207,8 @@ def test_new_view_is_verified_by_recomputation() -> None:
     def svc(i: int) -> SignedViewChange:
         from consensus.messages import CheckpointProof, sign
 
-        env = sign(KEYS[i], CHAIN_ID, ViewChange(1, CheckpointProof(0, GENESIS, bytes(32), []), []))
+        gen = CheckpointProof(0, GENESIS, bytes(32), [])
+        env = sign(KEYS[i], CHAIN_ID, ViewChange(1, gen, None, []))
         assert isinstance(env.payload, ViewChange)
         return SignedViewChange(env.sender, env.payload, env.signature)
 

@@ -17,7 +17,7 @@ D = bytes(range(32))
 
 
 def _records(k: int) -> list[WalVote]:
-    return [WalVote(signed(0, Prepare(0, h, D))) for h in range(1, k + 1)]
+    return [WalVote(signed(0, Prepare(0, h, D, D))) for h in range(1, k + 1)]
 
 
 def test_append_sync_replay(tmp_path: Path) -> None:

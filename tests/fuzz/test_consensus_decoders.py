@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from consensus.core import Replica
 from consensus.errors import RemoteProtocolError
 from consensus.messages import (
+    BlockOffer,
     Checkpoint,
+    CheckpointProof,
     Commit,
     CommitCertificate,
     CommittedBlock,
@@ -72,12 +74,14 @@ CERTS = [certificate(h, digest) for h, (_, digest) in enumerate(CHAIN, start=1)]
 BLOCK1, DIGEST1 = CHAIN[0]
 SEED_PAYLOADS: list[Payload] = [
     PrePrepare(0, 1, DIGEST1, BLOCK1),
-    Prepare(0, 1, DIGEST1),
+    Prepare(0, 1, DIGEST1, GENESIS),
     Commit(0, 1, DIGEST1),
     Checkpoint(8, DIGEST1, bytes(32)),
     StateRequest(1, 3),
     StateResponse([CommittedBlock(b, c) for (b, _), c in zip(CHAIN, CERTS, strict=True)]),
     Status(3, 0),
+    BlockOffer(1, 1, BLOCK1),
+    ViewChange(1, CheckpointProof(0, GENESIS, bytes(32), []), CERTS[0], []),
 ]
 SEEDS = [signed(i, p) for p in SEED_PAYLOADS for i in (0, 2)]
 
@@ -129,7 +133,7 @@ def test_receive_bytes(data: bytes) -> None:
 
 
 SIGNED_PAYLOADS = st.one_of(
-    structs(PrePrepare | Prepare | Commit | Checkpoint | StateRequest | Status),
+    structs(PrePrepare | Prepare | Commit | Checkpoint | StateRequest | Status | BlockOffer),
     structs(ViewChange | NewView),
     st.sampled_from(SEED_PAYLOADS),
 )

@@ -130,6 +130,10 @@ modules = {{ "node.p2p" = "debug", "consensus" = "error" }}
             "[mempool]\nmax_bytes = 2048\n",
             "mempool.max_bytes: must be >= consensus.max_block_bytes",
         ),
+        (
+            "[p2p]\nmax_message_bytes = 1048576\n",
+            "consensus.max_block_bytes: must be <= p2p.max_message_bytes - 4096",
+        ),
         ("[p2p\n", "not valid TOML"),
     ],
 )
