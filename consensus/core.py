@@ -92,6 +92,8 @@ from ledger.hashing import HASH_SIZE
 from ledger.keys import KeyPair
 
 GENESIS_STATE_DIGEST = bytes(HASH_SIZE)
+#: An idle replica announces its height every this many resend ticks.
+IDLE_STATUS_TICKS = 8
 
 # --- configuration ----------------------------------------------------------------
 
@@ -425,6 +427,7 @@ class Replica:
         self._timer_seq = 0
         self._progress_armed = False
         self._last_tick_committed = -1
+        self._quiet_ticks = 0
         self._status_replied: set[bytes] = set()
         self._nv_replied: set[bytes] = set()
         self._requests_served: dict[bytes, int] = {}
@@ -1389,12 +1392,18 @@ class Replica:
         self._requests_served.clear()
         stalled = self.committed == self._last_tick_committed
         self._last_tick_committed = self.committed
+        self._quiet_ticks = self._quiet_ticks + 1 if stalled else 0
         if stalled and (self.in_view_change or self._has_work()):
             self._resend_own()
             self._send_status()
             self._st_attempts = 0
             if self._st_target > self.committed:
                 self._request_state()
+        elif self._quiet_ticks % IDLE_STATUS_TICKS == 0 and self._quiet_ticks:
+            # Idle, perhaps just restarted with our first STATUS lost before the
+            # links came up: without this an idle network would never tell us
+            # that we are behind. Peers ahead answer with blocks.
+            self._send_status()
         self._step()  # retries NOT_YET validations and idle proposals
         self._arm_progress()
 

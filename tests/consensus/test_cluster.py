@@ -189,3 +189,22 @@ def test_equivocating_primary_is_caught_as_evidence_and_is_harmless() -> None:
     evidence = [e for n in sim.honest() for e in n.evidence]
     assert evidence and all(e.validator == sim.keys[0].public_key for e in evidence)
     assert all(e.first != e.second for e in evidence)
+
+
+def test_restarted_replica_catches_up_in_an_idle_network() -> None:
+    """Its STATUS at start is lost (links not up yet) and nobody has work: it still asks again."""
+    sim = Simulation(4, seed=9)
+    sim.crash(3)
+    txs = [sim.submit([0, 1, 2]) for _ in range(60)]
+    _run_until_committed(sim, txs, 5_000)
+    sim.run_until(sim.now + 2_000)  # let every message in flight land: the network goes idle
+    target = sim.nodes[0].storage.height
+    sim.isolated.add(3)
+    sim.restart(3)
+    sim.run_until(sim.now + 50)  # the restart's STATUS went nowhere
+    sim.isolated.discard(3)
+    assert sim.nodes[3].storage.height == 0
+    assert sim.run_until(sim.now + 10_000, lambda: sim.nodes[3].storage.height == target), (
+        f"idle laggard stayed at {sim.nodes[3].storage.height} of {target}"
+    )
+    assert sim.check_safety() == []
