@@ -1238,6 +1238,8 @@ class Replica:
                 continue
             slot = self._slot(h)
             slot.pp_view, slot.pp_digest, slot.pp_state = nv.view, proof.digest, _PP.OK
+        for slot in self._slots.values():
+            self._forget_old_views(slot, nv.view)
         if self._replaying:
             return
         # Drop superseded view changes from the WAL: it stays bounded however
@@ -1257,6 +1259,32 @@ class Replica:
                 self._check_decided(s)
         self._step()
         self._arm_progress()
+
+    def _forget_old_views(self, slot: _Slot, view: int) -> None:
+        """Drop a slot's votes (and unneeded blocks) from views before ``view``; free their cap.
+
+        They can no longer prepare anything (what they prepared is in
+        ``slot.prepared``), and a commit quorum from an old view, had it
+        formed, would already have decided the slot. Kept, they used up each
+        sender's per-slot vote cap: after eight views at one height no new
+        PREPARE counted and no view could ever prepare the height again.
+        """
+        if slot.decided is not None:
+            return
+        slot.seen = {k: v for k, v in slot.seen.items() if k[1] >= view}
+        slot.prepares = {k: v for k, v in slot.prepares.items() if k[0] >= view}
+        slot.commits = {k: v for k, v in slot.commits.items() if k[0] >= view}
+        counts: dict[bytes, int] = {}
+        for _kind, _view, sender in slot.seen:
+            counts[sender] = counts.get(sender, 0) + 1
+        slot.per_sender = counts
+        # Each view's primary may propose its own block here; only four fit.
+        keep = {d for _v, d, _p in slot.prepares} | {d for _v, d in slot.commits}
+        if slot.prepared is not None:
+            keep.add(slot.prepared.digest)
+        if slot.pp_view >= view:
+            keep.add(slot.pp_digest)
+        slot.blocks = {d: b for d, b in slot.blocks.items() if d in keep}
 
     # ================================================================ state transfer
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from consensus.testing import NetConfig, Simulation, sim_config
+from consensus.testing import NetConfig, Simulation, ToyApp, ToyBlock, sim_config
 from consensus.wal import FileWAL
+from ledger import codec
 
 
 def _run_until_committed(sim: Simulation, txs: list[bytes], deadline: int) -> None:
@@ -208,3 +209,36 @@ def test_restarted_replica_catches_up_in_an_idle_network() -> None:
         f"idle laggard stayed at {sim.nodes[3].storage.height} of {target}"
     )
     assert sim.check_safety() == []
+
+
+def test_many_views_at_one_height_do_not_exhaust_the_per_sender_vote_cap() -> None:
+    """Views churn while no COMMIT gets through; once commits flow, the height commits.
+
+    The regression: every view a replica entered added its PRE-PREPARE/PREPARE to
+    the slot, and after eight views each sender had used its per-slot vote cap,
+    so new PREPAREs were dropped and no view could ever prepare again.
+    """
+    sim = Simulation(4, seed=31)
+    blocked = {"on": True}
+    send = sim._send
+
+    def lossy(src: object, dst: int, data: bytes, kind: str) -> None:
+        if kind == "Commit" and blocked["on"]:
+            return
+        send(src, dst, data, kind)  # type: ignore[arg-type]
+
+    sim._send = lossy  # type: ignore[method-assign]
+    salts = itertools.count(1)
+    for node in sim.nodes:  # every proposal a distinct block, as real proposers' are
+        def propose(h: int, parent: bytes, ancestors: object, app: ToyApp = node.app) -> bytes:
+            block = ToyApp.propose(app, h, parent, ancestors)  # type: ignore[arg-type]
+            if block is None:
+                return None  # type: ignore[return-value]
+            tb = codec.decode(block, ToyBlock)
+            return codec.encode(ToyBlock(tb.height, tb.parent, next(salts), tb.txs))
+        node.app.propose = propose  # type: ignore[method-assign]
+    txs = [sim.submit() for _ in range(5)]
+    assert sim.run_until(60_000, lambda: min(n.replica.view for n in sim.nodes) >= 12)
+    assert all(n.storage.height == 0 for n in sim.nodes)
+    blocked["on"] = False
+    _run_until_committed(sim, txs, sim.now + 60_000)
