@@ -172,14 +172,18 @@ async def run_load(
                         )
 
         async def follow() -> None:
+            # Ask for the next block itself (404 until it exists) rather than for
+            # /v1/status and then the block: the follower is load on the node it
+            # watches, and this saves a request per block.
             height = start_height
             deadline = None
             while not done.is_set():
-                latest = await _height(client, node_urls[0])
-                while height < latest:
-                    height += 1
-                    r = await client.get(f"{node_urls[0]}/v1/blocks/{height}")
+                while True:
+                    r = await client.get(f"{node_urls[0]}/v1/blocks/{height + 1}")
+                    if r.status_code == 404:
+                        break
                     r.raise_for_status()
+                    height += 1
                     now = time.monotonic()
                     for h in r.json()["tx_hashes"]:
                         t = submitted_at.pop(bytes.fromhex(h), None)

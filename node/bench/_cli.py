@@ -13,6 +13,9 @@ from pathlib import Path
 import click
 import httpx
 
+from ledger.errors import LedgerError
+from ledger.keys import KeyPair
+from node.keyfile import load_key_file
 from node.runner import TestnetError
 
 from ._report import format_catchup, format_scale, format_sweep
@@ -27,6 +30,7 @@ from ._run import (
     run_catchup,
     run_scale,
     run_sweep,
+    run_sweep_url,
 )
 
 __all__ = ["bench"]
@@ -44,6 +48,23 @@ def _floats(text: str, what: str) -> tuple[float, ...]:
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise click.BadParameter(f"{what}: expected positive numbers, got {text!r}")
     return values
+
+
+def _pids(text: str, count: int) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--pid: expected comma-separated PIDs, got {text!r}") from None
+    if len(values) != count or any(v <= 0 for v in values):
+        raise click.BadParameter(f"--pid: expected {count} positive PIDs (one per URL)")
+    return values
+
+
+def _key(path: Path) -> KeyPair:
+    try:
+        return load_key_file(path)
+    except LedgerError as exc:
+        raise click.BadParameter(f"--key {path}: {exc}") from None
 
 
 def _log(message: str) -> None:
@@ -124,7 +145,37 @@ def _log(message: str) -> None:
     help="where testnets are created (default: a temporary directory)",
 )
 @click.option("--keep", is_flag=True, help="keep the testnet directories afterwards")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="URL[,URL...]",
+    help="bench a running network through these node APIs instead of starting one "
+    "(sweep only; needs --key)",
+)
+@click.option(
+    "--key",
+    "key_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="with --url: a hospital key file that signs the load (repeat; the i-th key "
+    "submits through the i-th URL)",
+)
+@click.option(
+    "--pid",
+    "pids",
+    default=None,
+    metavar="PID[,PID...]",
+    help="with --url: the node processes, one per URL (default: found through /proc "
+    "for URLs on this machine; CPU, RSS and disk are n/a for the others)",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="derives the registered patients  [default: 1; with --url: from the clock, "
+    "so a second run on the same chain registers new patients]",
+)
 def bench(
     modes: tuple[str, ...],
     validators: int,
@@ -141,7 +192,10 @@ def bench(
     json_path: Path | None,
     work_dir: Path | None,
     keep: bool,
-    seed: int,
+    urls: tuple[str, ...],
+    key_files: tuple[Path, ...],
+    pids: str | None,
+    seed: int | None,
 ) -> None:
     """Benchmark a local testnet: committed tx/s, latency, CPU, RSS, disk, ceiling.
 
@@ -149,8 +203,22 @@ def bench(
     separate processes before each phase (signing is not timed), and offers
     them open-loop at each of RATES through POST /v1/txs/batch. Prints one
     table per mode; --json writes the same figures machine-readably.
+
+    With --url, the sweep targets a network that is already running; the
+    hospital keys given with --key sign the load.
     """
     wanted = set(MODES[:3]) if "all" in modes else set(modes)
+    url_list = [u.strip() for text in urls for u in text.split(",") if u.strip()]
+    if url_list:
+        if wanted != {"sweep"}:
+            raise click.UsageError("--url runs the sweep only (catch-up and scale start nodes)")
+        if not key_files:
+            raise click.UsageError("--url needs --key: the hospital keys that sign the load")
+    elif key_files or pids is not None:
+        raise click.UsageError("--key and --pid go with --url")
+    pid_list = _pids(pids, len(url_list)) if pids is not None else None
+    if seed is None:
+        seed = time.time_ns() // 1000 if url_list else 1
     sizes = tuple(int(v) for v in _floats(scale_validators, "--scale-validators"))
     settings = BenchSettings(
         validators=validators,
@@ -185,7 +253,11 @@ def bench(
     catchup: CatchupResult | None = None
     scale: list[ScaleRow] | None = None
     try:
-        if "sweep" in wanted:
+        if url_list:
+            keys = [_key(k) for k in key_files]
+            sweep = run_sweep_url(url_list, keys, settings, _log, pids=pid_list)
+            click.echo(format_sweep(sweep))
+        elif "sweep" in wanted:
             sweep = run_sweep(root / "sweep", settings, _log)
             click.echo(format_sweep(sweep))
         if "catchup" in wanted:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -21,7 +21,37 @@ from node.runner import LocalTestnet, TestnetError, wait_for
 
 from ._procfs import ProcStats, dir_bytes, read_proc_stats
 
-__all__ = ["BenchNet", "set_block_interval"]
+__all__ = ["BenchNet", "Network", "set_block_interval"]
+
+
+class Network(Protocol):
+    """What a benchmark scenario needs of a network, started here or reached by URL.
+
+    Process figures are optional: ``proc_stats`` and ``disk_bytes`` return None
+    when the node's process is not on this machine, and ``pid`` raises
+    :class:`~node.runner.TestnetError`.
+    """
+
+    chain_id: str
+
+    @property
+    def n(self) -> int: ...
+
+    def url(self, i: int) -> str: ...
+
+    def view(self) -> int: ...
+
+    def primary_index(self) -> int: ...
+
+    def next_nonces(self, via: int = 0) -> list[tuple[KeyPair, int]]: ...
+
+    def wait_drained(self, nodes: Sequence[int], *, timeout: float) -> None: ...
+
+    def pid(self, i: int) -> int: ...
+
+    def proc_stats(self, i: int) -> ProcStats | None: ...
+
+    def disk_bytes(self, i: int) -> int | None: ...
 
 
 def set_block_interval(net: LocalTestnet, seconds: float) -> None:

@@ -8,13 +8,25 @@ peak resident set, so no sampling can miss a short peak.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ProcStats", "dir_bytes", "fsync_latency_s", "read_proc_stats"]
+__all__ = [
+    "ProcStats",
+    "cmdline",
+    "cwd",
+    "dir_bytes",
+    "fsync_latency_s",
+    "is_local_address",
+    "listening_socket_inodes",
+    "pids_holding",
+    "read_proc_stats",
+]
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -83,3 +95,93 @@ def fsync_latency_s(directory: Path, *, samples: int = 20) -> float:
         os.close(fd)
         path.unlink(missing_ok=True)
     return statistics.median(times)
+
+
+# --- finding the process behind a local URL ----------------------------------------------
+
+_TCP_LISTEN = "0A"
+
+
+def _proc_net_addr(text: str) -> tuple[str, int]:
+    """``0100007F:1F90`` (little-endian words, as /proc/net/tcp writes them) -> (ip, port)."""
+    hex_ip, _, hex_port = text.partition(":")
+    raw = bytes.fromhex(hex_ip)
+    # The kernel prints each 32-bit word in host byte order (little-endian here).
+    ordered = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(ordered)), int(hex_port, 16)
+
+
+def listening_socket_inodes(ip: str, port: int) -> set[int]:
+    """Inodes of the TCP sockets listening on ``port`` at ``ip`` or at a wildcard address."""
+    wanted = ipaddress.ip_address(ip)
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10 or cols[3] != _TCP_LISTEN:
+                continue
+            local_ip, local_port = _proc_net_addr(cols[1])
+            if local_port != port:
+                continue
+            addr = ipaddress.ip_address(local_ip)
+            mapped = getattr(addr, "ipv4_mapped", None) or addr
+            if addr.is_unspecified or mapped == wanted or addr == wanted:
+                found.add(int(cols[9]))
+    return found
+
+
+def pids_holding(inodes: set[int]) -> set[int]:
+    """Processes (readable by us) that hold one of these socket inodes open."""
+    if not inodes:
+        return set()
+    links = {f"socket:[{i}]" for i in inodes}
+    out: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:  # gone, or not ours
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in links:
+                    out.add(int(proc.name))
+                    break
+            except OSError:
+                continue
+    return out
+
+
+def is_local_address(ip: str) -> bool:
+    """Whether ``ip`` belongs to this machine (binding to it succeeds only if it does)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.is_loopback:
+        return True
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((ip, 0))
+        except OSError:
+            return False
+    return True
+
+
+def cmdline(pid: int) -> list[str]:
+    """The process's argv, or [] if it is gone or unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None

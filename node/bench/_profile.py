@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -156,6 +157,15 @@ class PySpy:
             msg = err.decode(errors="replace").strip().splitlines()
             raise ProfileError(f"py-spy failed: {msg[-1] if msg else self._proc.returncode}")
         return parse_folded(self.out.read_text(), top=top)
+
+    def finish(self, *, top: int = 20) -> Profile:
+        """Stop sampling now (SIGINT: py-spy writes what it has) and reduce the output.
+
+        For phases whose length is not known in advance, such as a catch-up.
+        """
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+        return self.result(top=top)
 
     def stop(self) -> None:
         if self._proc.poll() is None:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ._run import CatchupResult, ScaleRow, SweepResult
+from ._profile import Profile
+from ._run import CatchupResult, ScaleRow, SweepResult, mean_peak_rss
 
 __all__ = ["format_catchup", "format_scale", "format_sweep"]
 
 
-def _f(x: float | None, fmt: str = "{:,.1f}") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+def _f(x: float | None, fmt: str = "{:,.1f}", missing: str = "-") -> str:
+    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def _mb(n: int | None, fmt: str = "{:,.1f}") -> str:
+    """Bytes as MB; "n/a" when the figure could not be measured (process not local)."""
+    return "n/a" if n is None else fmt.format(n / 2**20)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -25,7 +31,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def format_sweep(s: SweepResult) -> str:
-    lines = [f"== throughput: {s.validators} validators =="]
+    where = "" if s.target == "local testnet" else f" at {s.target}"
+    lines = [f"== throughput: {s.validators} validators{where} =="]
     rows = []
     for p in s.phases:
         lat = p.latency_s
@@ -41,7 +48,7 @@ def format_sweep(s: SweepResult) -> str:
                 _f(lat["p99"], "{:.3f}"),
                 str(p.blocks),
                 str(p.view_changes),
-                _f(p.cpu_ms_per_tx, "{:.2f}"),
+                _f(p.cpu_ms_per_tx, "{:.2f}", missing="n/a"),
                 "yes" if p.saturated else "no",
             ]
         )
@@ -71,7 +78,7 @@ def format_sweep(s: SweepResult) -> str:
         f"ceiling: {c.verifications_per_s_per_core:,.0f} ed25519 verifications/s/core x "
         f"{c.cores} cores / {c.validators} validators = {c.tx_per_s:,.0f} tx/s; "
         f"achieved {_f(ratio * 100, '{:.2f}')} % of it",
-        f"disk: {_f(s.bytes_per_committed_tx, '{:,.0f}')} bytes per committed tx "
+        f"disk: {_f(s.bytes_per_committed_tx, '{:,.0f}', missing='n/a')} bytes per committed tx "
         f"(mean tx {_f(s.mean_tx_bytes, '{:.0f}')} bytes, {s.committed_total} txs)",
         "",
     ]
@@ -80,45 +87,50 @@ def format_sweep(s: SweepResult) -> str:
         [
             [
                 f"node{n.index}",
-                _f(n.cpu_s, "{:.1f}"),
-                _f(n.rss_bytes / 2**20),
-                _f(n.peak_rss_bytes / 2**20),
-                _f(n.disk_bytes / 2**20, "{:.2f}"),
+                _f(n.cpu_s, "{:.1f}", missing="n/a"),
+                _mb(n.rss_bytes),
+                _mb(n.peak_rss_bytes),
+                _mb(n.disk_bytes, "{:.2f}"),
             ]
             for n in s.nodes
         ],
     )
     for name, prof in s.profiles.items():
-        lines += [
-            "",
-            f"profile {name} at {s.profile_rate:g} tx/s offered: {prof.samples} "
-            f"samples; process on CPU {_f(prof.cpu_fraction * 100, '{:.0f}')} % of wall time",
-        ]
-        lines += [
-            "  by package: "
-            + ", ".join(f"{pkg} {share:.0%}" for pkg, share in prof.package_share[:8])
-        ]
-        lines += ["  our code, inclusive:"]
-        lines += [f"    {share:6.1%}  {name_}" for name_, share in prof.project_share[:10]]
-        lines += ["  self time:"]
-        lines += [f"    {share:6.1%}  {name_}" for name_, share in prof.self_share[:12]]
+        lines += ["", *_profile_lines(f"{name} at {s.profile_rate:g} tx/s offered", prof)]
     if s.notes:
         lines += ["", *(f"note: {n}" for n in s.notes)]
     return "\n".join(lines)
 
 
+def _profile_lines(what: str, prof: Profile) -> list[str]:
+    lines = [
+        f"profile {what}: {prof.samples} samples; process on CPU "
+        f"{_f(prof.cpu_fraction * 100, '{:.0f}')} % of wall time",
+        "  by package: " + ", ".join(f"{pkg} {share:.0%}" for pkg, share in prof.package_share[:8]),
+        "  our code, inclusive:",
+    ]
+    lines += [f"    {share:6.1%}  {name_}" for name_, share in prof.project_share[:10]]
+    lines += ["  self time:"]
+    lines += [f"    {share:6.1%}  {name_}" for name_, share in prof.self_share[:12]]
+    return lines
+
+
 def format_catchup(c: CatchupResult) -> str:
-    return "\n".join(
-        [
-            f"== catch-up: node{c.node} of {c.validators}, {c.behind_blocks} blocks "
-            f"({c.behind_txs} txs) behind ==",
-            f"building the lag took {c.lag_build_s:.1f}s; restart to first API answer "
-            f"{c.startup_s:.2f}s",
-            f"caught up in {c.catchup_s:.2f}s: {_f(c.blocks_per_s)} blocks/s, "
-            f"{_f(c.tx_per_s)} tx/s; the others committed {_f(c.network_blocks_per_s, '{:.2f}')} "
-            "blocks/s while it was down",
-        ]
-    )
+    cpu = ", ".join(_f(x, "{:.1f}", missing="n/a") for x in c.cpu_s)
+    lines = [
+        f"== catch-up: node{c.node} of {c.validators}, {c.behind_blocks} blocks "
+        f"({c.behind_txs} txs) behind ==",
+        f"building the lag took {c.lag_build_s:.1f}s; restart to first API answer "
+        f"{c.startup_s:.2f}s",
+        f"caught up in {c.catchup_s:.2f}s: {_f(c.blocks_per_s)} blocks/s, "
+        f"{_f(c.tx_per_s)} tx/s; the others committed {_f(c.network_blocks_per_s, '{:.2f}')} "
+        "blocks/s while it was down",
+        f"CPU seconds per node during the catch-up: {cpu}",
+    ]
+    if c.profile is not None:
+        lines += ["", *_profile_lines(f"node{c.node} catching up", c.profile)]
+    lines += [f"note: {n}" for n in c.notes]
+    return "\n".join(lines)
 
 
 def format_scale(rows: Sequence[ScaleRow]) -> str:
@@ -130,7 +142,7 @@ def format_scale(rows: Sequence[ScaleRow]) -> str:
         s = r.sweep
         first = s.phases[0] if s.phases else None
         lat = first.latency_s if first is not None else {"p50": None, "p99": None}
-        peak = sum(n.peak_rss_bytes for n in s.nodes) / max(1, len(s.nodes)) / 2**20
+        peak = mean_peak_rss(s)
         out.append(
             [
                 str(r.validators),
@@ -139,7 +151,7 @@ def format_scale(rows: Sequence[ScaleRow]) -> str:
                 _f(first.offered_rate if first else None, "{:g}"),
                 _f(lat["p50"], "{:.3f}"),
                 _f(lat["p99"], "{:.3f}"),
-                _f(peak),
+                _mb(peak),
             ]
         )
     return "\n".join(

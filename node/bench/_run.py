@@ -14,23 +14,27 @@ import dataclasses
 import math
 import os
 import platform
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
+from ledger.keys import KeyPair
 from node.load import LoadReport, PreparedTx, run_load
 from node.runner import LocalTestnet, TestnetError, wait_for
 
 from ._ceiling import Ceiling, measure_ceiling, usable_cores
-from ._net import BenchNet, set_block_interval
+from ._net import BenchNet, Network, set_block_interval
 from ._presign import Presigner
-from ._procfs import ProcStats, fsync_latency_s
+from ._procfs import fsync_latency_s, is_local_address
 from ._profile import Profile, ProfileError, PySpy
+from ._remote import RemoteNet
 
 __all__ = [
     "BenchSettings",
@@ -42,7 +46,9 @@ __all__ = [
     "run_catchup",
     "run_scale",
     "run_sweep",
+    "run_sweep_url",
     "start_testnet",
+    "sweep_on",
 ]
 
 #: A phase whose committed rate is below this fraction of the offered rate is saturated.
@@ -158,21 +164,30 @@ class PhaseResult:
         }
 
 
+def _mb(n: int | None) -> float | None:
+    return None if n is None else round(n / 2**20, 1)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeFigures:
+    """One node's process figures; None where its process is not on this machine."""
+
     index: int
-    cpu_s: float
-    rss_bytes: int
-    peak_rss_bytes: int
-    disk_bytes: int
+    cpu_s: float | None
+    rss_bytes: int | None
+    peak_rss_bytes: int | None
+    disk_bytes: int | None
+    #: Growth of the data directory during the run (what the committed txs cost on disk).
+    disk_growth_bytes: int | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "node": self.index,
-            "cpu_s": round(self.cpu_s, 2),
-            "rss_mb": round(self.rss_bytes / 2**20, 1),
-            "peak_rss_mb": round(self.peak_rss_bytes / 2**20, 1),
+            "cpu_s": None if self.cpu_s is None else round(self.cpu_s, 2),
+            "rss_mb": _mb(self.rss_bytes),
+            "peak_rss_mb": _mb(self.peak_rss_bytes),
             "disk_bytes": self.disk_bytes,
+            "disk_growth_bytes": self.disk_growth_bytes,
         }
 
 
@@ -190,6 +205,8 @@ class SweepResult:
     profiles: dict[str, Profile] = field(default_factory=dict)
     profile_rate: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: "local testnet" (started by the bench) or the URLs of a running network.
+    target: str = "local testnet"
 
     @property
     def saturation_tx_per_s(self) -> float:
@@ -203,13 +220,16 @@ class SweepResult:
 
     @property
     def bytes_per_committed_tx(self) -> float:
-        if self.committed_total == 0 or not self.nodes:
+        """Mean growth of a node's data directory per tx committed during the run."""
+        growth = [n.disk_growth_bytes for n in self.nodes]
+        if self.committed_total == 0 or not growth or None in growth:
             return math.nan
-        return sum(n.disk_bytes for n in self.nodes) / len(self.nodes) / self.committed_total
+        return sum(g for g in growth if g is not None) / len(growth) / self.committed_total
 
     def to_json(self) -> dict[str, object]:
         ceiling = self.ceiling.tx_per_s
         return {
+            "target": self.target,
             "validators": self.validators,
             "saturation": {
                 "committed_tx_per_s": _round(self.saturation_tx_per_s, 1),
@@ -249,6 +269,10 @@ class CatchupResult:
     lag_build_s: float
     startup_s: float
     catchup_s: float
+    #: CPU seconds of each node while the stopped one caught up (NaN: not measured).
+    cpu_s: list[float] = field(default_factory=list)
+    profile: Profile | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def blocks_per_s(self) -> float:
@@ -275,6 +299,9 @@ class CatchupResult:
             "blocks_per_s": _round(self.blocks_per_s, 1),
             "tx_per_s": _round(self.tx_per_s, 1),
             "network_blocks_per_s_while_behind": _round(self.network_blocks_per_s, 2),
+            "cpu_s_per_node": [_round(c, 2) for c in self.cpu_s],
+            "profile": None if self.profile is None else self.profile.to_json(),
+            "notes": self.notes,
         }
 
 
@@ -295,11 +322,17 @@ class ScaleRow:
             "ceiling_tx_per_s": round(s.ceiling.tx_per_s, 1),
             "lowest_rate": None if first is None else first.offered_rate,
             "latency_s_at_lowest_rate": None if first is None else first.latency_s,
-            "mean_peak_rss_mb": round(
-                sum(n.peak_rss_bytes for n in s.nodes) / max(1, len(s.nodes)) / 2**20, 1
-            ),
+            "mean_peak_rss_mb": _mb(mean_peak_rss(s)),
             "bytes_per_committed_tx": _round(s.bytes_per_committed_tx, 1),
         }
+
+
+def mean_peak_rss(s: SweepResult) -> int | None:
+    """Mean peak RSS of the nodes in bytes, None if any node's is unknown."""
+    peaks = [n.peak_rss_bytes for n in s.nodes]
+    if not peaks or None in peaks:
+        return None
+    return sum(p for p in peaks if p is not None) // len(peaks)
 
 
 def machine_info(work_dir: Path | None = None) -> dict[str, object]:
@@ -336,7 +369,8 @@ def start_testnet(root: Path, validators: int, settings: BenchSettings, log: Log
     return net
 
 
-def _cpu(net: BenchNet, nodes: Sequence[int]) -> list[float]:
+def _cpu(net: Network, nodes: Sequence[int]) -> list[float]:
+    """CPU seconds used so far by each node's process (NaN where it is not known here)."""
     out = []
     for i in nodes:
         st = net.proc_stats(i)
@@ -345,7 +379,7 @@ def _cpu(net: BenchNet, nodes: Sequence[int]) -> list[float]:
 
 
 def _load(
-    net: BenchNet,
+    net: Network,
     signer: Presigner,
     nodes: Sequence[int],
     rate: float,
@@ -365,6 +399,16 @@ def _phase_count(rate: float, seconds: float) -> int:
     return max(1, round(rate * seconds))
 
 
+def _measure_ceiling(validators: int, settings: BenchSettings, log: Log) -> Ceiling:
+    log(f"measuring the verification ceiling ({settings.ceiling_seconds:.1f}s, one core)")
+    ceiling = measure_ceiling(validators, seconds=settings.ceiling_seconds)
+    log(
+        f"ceiling: {ceiling.verifications_per_s_per_core:,.0f} verifications/s/core x "
+        f"{ceiling.cores} cores / {validators} validators = {ceiling.tx_per_s:,.0f} tx/s"
+    )
+    return ceiling
+
+
 def run_sweep(
     root: Path,
     settings: BenchSettings,
@@ -375,12 +419,72 @@ def run_sweep(
 ) -> SweepResult:
     """Offer each rate of ``settings.rates`` in turn on a fresh testnet."""
     n = validators or settings.validators
-    log(f"measuring the verification ceiling ({settings.ceiling_seconds:.1f}s, one core)")
-    ceiling = measure_ceiling(n, seconds=settings.ceiling_seconds)
-    log(
-        f"ceiling: {ceiling.verifications_per_s_per_core:,.0f} verifications/s/core x "
-        f"{ceiling.cores} cores / {n} validators = {ceiling.tx_per_s:,.0f} tx/s"
-    )
+    ceiling = _measure_ceiling(n, settings, log)
+    with (
+        Presigner(usable_cores()) as signer,
+        start_testnet(root, n, settings, log) as testnet,
+    ):
+        return sweep_on(BenchNet(testnet), signer, ceiling, settings, log, profile=profile)
+
+
+def run_sweep_url(
+    urls: Sequence[str],
+    keys: Sequence[KeyPair],
+    settings: BenchSettings,
+    log: Log,
+    *,
+    pids: Sequence[int] | None = None,
+) -> SweepResult:
+    """The same sweep against a network that is already running, reached by ``urls``."""
+    net = RemoteNet(urls, keys, pids=pids)
+    try:
+        known = sum(p is not None for p in net.procs)
+        log(
+            f"{net.n} node URLs on chain {net.chain_id!r} ({net.validators} validators); "
+            f"{known} of their processes found on this machine"
+        )
+        ceiling = _measure_ceiling(net.validators, settings, log)
+        with Presigner(usable_cores()) as signer:
+            result = sweep_on(net, signer, ceiling, settings, log, target=",".join(net.urls))
+    finally:
+        net.close()
+    if not net.local:
+        result.notes.append(
+            "CPU, RSS and disk are n/a for nodes whose process is not on this machine "
+            "(give --pid for a local node that was not found)"
+        )
+    if not all(is_local_url(u) for u in urls):
+        result.notes.append("the ceiling was measured on the bench's machine, not on the nodes'")
+    if net.n < net.validators:
+        result.notes.append(
+            f"load went to {net.n} of {net.validators} validators; figures per node "
+            "cover those only"
+        )
+    return result
+
+
+def is_local_url(url: str) -> bool:
+    host = urlsplit(url).hostname
+    if host is None:
+        return False
+    try:
+        return is_local_address(str(socket.getaddrinfo(host, None)[0][4][0]))
+    except (OSError, ValueError):
+        return False
+
+
+def sweep_on(
+    net: Network,
+    signer: Presigner,
+    ceiling: Ceiling,
+    settings: BenchSettings,
+    log: Log,
+    *,
+    profile: bool = True,
+    target: str = "local testnet",
+) -> SweepResult:
+    """Offer each rate of ``settings.rates`` in turn to ``net``; measure what it commits."""
+    n = ceiling.validators
     started = time.monotonic()
     phases: list[PhaseResult] = []
     notes: list[str] = []
@@ -389,69 +493,64 @@ def run_sweep(
     tx_count = 0
     profiles: dict[str, Profile] = {}
     profile_rate: float | None = None
-    all_nodes = list(range(n))
-    with (
-        Presigner(usable_cores()) as signer,
-        start_testnet(root, n, settings, log) as testnet,
-    ):
-        net = BenchNet(testnet)
-        for k, rate in enumerate(settings.rates):
-            count = _phase_count(rate, settings.phase_seconds)
-            before = _cpu(net, all_nodes)
-            view_before = net.view()
-            log(f"phase {k + 1}: {count} txs offered at {rate:g} tx/s")
-            report, txs = _load(
-                net,
-                signer,
-                all_nodes,
-                rate,
-                count,
-                settings.seed * 1000 + k,
-                settings.commit_timeout_s,
+    all_nodes = list(range(net.n))
+    disk_before = [net.disk_bytes(i) for i in all_nodes]
+    for k, rate in enumerate(settings.rates):
+        count = _phase_count(rate, settings.phase_seconds)
+        before = _cpu(net, all_nodes)
+        view_before = net.view()
+        log(f"phase {k + 1}: {count} txs offered at {rate:g} tx/s")
+        report, txs = _load(
+            net,
+            signer,
+            all_nodes,
+            rate,
+            count,
+            settings.seed * 1000 + k,
+            settings.commit_timeout_s,
+        )
+        after = _cpu(net, all_nodes)
+        phase = PhaseResult.from_report(
+            rate,
+            report,
+            [a - b for a, b in zip(after, before, strict=True)],
+            net.view() - view_before,
+        )
+        phases.append(phase)
+        committed_total += report.committed
+        tx_bytes += sum(len(p.data) for p in txs)
+        tx_count += len(txs)
+        log(
+            f"  committed {phase.committed}/{phase.accepted} accepted at "
+            f"{phase.committed_tx_per_s:,.1f} tx/s; p50 {phase.latency_s['p50']}s "
+            f"p99 {phase.latency_s['p99']}s; {phase.view_changes} view changes"
+        )
+        if phase.committed < phase.accepted or phase.accepted < phase.offered:
+            notes.append(
+                f"phase at {rate:g} tx/s: {phase.offered - phase.accepted} rejected "
+                f"{phase.rejected}, {phase.accepted - phase.committed} accepted but not "
+                f"committed within {settings.commit_timeout_s:g}s"
             )
-            after = _cpu(net, all_nodes)
-            phase = PhaseResult.from_report(
-                rate,
-                report,
-                [a - b for a, b in zip(after, before, strict=True)],
-                net.view() - view_before,
-            )
-            phases.append(phase)
-            committed_total += report.committed
-            tx_bytes += sum(len(p.data) for p in txs)
-            tx_count += len(txs)
-            log(
-                f"  committed {phase.committed}/{phase.accepted} accepted at "
-                f"{phase.committed_tx_per_s:,.1f} tx/s; p50 {phase.latency_s['p50']}s "
-                f"p99 {phase.latency_s['p99']}s; {phase.view_changes} view changes"
-            )
-            if phase.committed < phase.accepted or phase.accepted < phase.offered:
+        try:
+            net.wait_drained(all_nodes, timeout=settings.commit_timeout_s)
+        except TestnetError as exc:
+            notes.append(f"after the {rate:g} tx/s phase: {exc}; sweep stopped")
+            break
+        if settings.stop_when_saturated and _plateau(phases):
+            if k + 1 < len(settings.rates):
                 notes.append(
-                    f"phase at {rate:g} tx/s: {phase.offered - phase.accepted} rejected "
-                    f"{phase.rejected}, {phase.accepted - phase.committed} accepted but not "
-                    f"committed within {settings.commit_timeout_s:g}s"
+                    f"committed rate stopped growing at {rate:g} tx/s offered; higher rates skipped"
                 )
-            try:
-                net.wait_drained(all_nodes, timeout=settings.commit_timeout_s)
-            except TestnetError as exc:
-                notes.append(f"after the {rate:g} tx/s phase: {exc}; sweep stopped")
-                break
-            if settings.stop_when_saturated and _plateau(phases):
-                if k + 1 < len(settings.rates):
-                    notes.append(
-                        f"committed rate stopped growing at {rate:g} tx/s offered; "
-                        "higher rates skipped"
-                    )
-                break
-        if profile and settings.profile_dir is not None and phases:
-            profile_rate = _saturating_rate(phases)
-            profiles, committed, nbytes, ntx = _profile_phase(
-                net, signer, settings, profile_rate, log, notes
-            )
-            committed_total += committed
-            tx_bytes += nbytes
-            tx_count += ntx
-        nodes = _node_figures(net, all_nodes)
+            break
+    if profile and settings.profile_dir is not None and phases:
+        profile_rate = _saturating_rate(phases)
+        profiles, committed, nbytes, ntx = _profile_phase(
+            net, signer, settings, profile_rate, log, notes
+        )
+        committed_total += committed
+        tx_bytes += nbytes
+        tx_count += ntx
+    nodes = _node_figures(net, all_nodes, disk_before)
     return SweepResult(
         validators=n,
         ceiling=ceiling,
@@ -463,6 +562,7 @@ def run_sweep(
         profiles=profiles,
         profile_rate=profile_rate,
         notes=notes,
+        target=target,
     )
 
 
@@ -498,16 +598,28 @@ def _plateau(phases: Sequence[PhaseResult]) -> bool:
     return all(_or_zero(p.committed_tx_per_s) < PLATEAU_GROWTH * best_before for p in recent)
 
 
-def _node_figures(net: BenchNet, nodes: Sequence[int]) -> list[NodeFigures]:
+def _node_figures(
+    net: Network, nodes: Sequence[int], disk_before: Sequence[int | None]
+) -> list[NodeFigures]:
     out = []
-    for i in nodes:
-        st = net.proc_stats(i) or ProcStats(math.nan, 0, 0)
-        out.append(NodeFigures(i, st.cpu_s, st.rss_bytes, st.peak_rss_bytes, net.disk_bytes(i)))
+    for i, before in zip(nodes, disk_before, strict=True):
+        st = net.proc_stats(i)
+        disk = net.disk_bytes(i)
+        out.append(
+            NodeFigures(
+                i,
+                None if st is None else st.cpu_s,
+                None if st is None else st.rss_bytes,
+                None if st is None else st.peak_rss_bytes,
+                disk,
+                None if disk is None or before is None else disk - before,
+            )
+        )
     return out
 
 
 def _profile_phase(
-    net: BenchNet,
+    net: Network,
     signer: Presigner,
     settings: BenchSettings,
     rate: float,
@@ -521,8 +633,13 @@ def _profile_phase(
     assert settings.profile_dir is not None
     settings.profile_dir.mkdir(parents=True, exist_ok=True)
     all_nodes = list(range(net.n))
-    primary = net.primary_index()
-    replica = next(i for i in all_nodes if i != primary)
+    try:
+        primary = net.primary_index()
+        replica = next(i for i in all_nodes if i != primary)
+        pids = {i: net.pid(i) for i in (primary, replica)}
+    except (TestnetError, StopIteration) as exc:
+        notes.append(f"no profile: {exc or 'one node only'}")
+        return {}, 0, 0, 0
     count = _phase_count(rate, settings.profile_seconds)
     orgs = net.next_nonces()
     txs = signer.registrations(orgs, net.chain_id, count, seed=settings.seed * 1000 + 999)
@@ -532,7 +649,7 @@ def _profile_phase(
     try:
         for role, i in (("primary", primary), ("replica", replica)):
             out = settings.profile_dir / f"node{i}-{role}.folded"
-            spies[f"node{i} ({role})"] = PySpy(net.pid(i), out, settings.profile_seconds)
+            spies[f"node{i} ({role})"] = PySpy(pids[i], out, settings.profile_seconds)
         cpu_before = _cpu(net, [primary, replica])
         t0 = time.monotonic()
         report = trio.run(
@@ -572,6 +689,8 @@ def run_catchup(
     n = settings.validators
     target_blocks = blocks if blocks is not None else settings.catchup_blocks
     all_nodes = list(range(n))
+    notes: list[str] = []
+    profile: Profile | None = None
     with (
         Presigner(usable_cores()) as signer,
         start_testnet(root, n, settings, log) as testnet,
@@ -614,18 +733,34 @@ def run_catchup(
             what=f"node{victim} to answer",
         )
         answered = time.monotonic()
+        spy = _catchup_spy(net, victim, settings, top - victim_height, notes)
+        cpu_before = _cpu(net, all_nodes)
 
         def caught_up() -> bool:
             st = node.status()
             return st is not None and int(st["height"]) >= top
 
-        wait_for(
-            caught_up,
-            timeout=max(600.0, target_blocks / 5),
-            interval=0.05,
-            what=f"node{victim} to reach height {top}",
-        )
-        done = time.monotonic()
+        try:
+            wait_for(
+                caught_up,
+                timeout=max(600.0, target_blocks / 5),
+                interval=0.05,
+                what=f"node{victim} to reach height {top}",
+            )
+            done = time.monotonic()
+            cpu_after = _cpu(net, all_nodes)
+            if spy is not None:
+                try:
+                    prof = spy.finish()
+                    profile = dataclasses.replace(
+                        prof,
+                        cpu_fraction=(cpu_after[victim] - cpu_before[victim]) / (done - answered),
+                    )
+                except ProfileError as exc:
+                    notes.append(f"profile of the catching-up node: {exc}")
+        finally:
+            if spy is not None:
+                spy.stop()
     return CatchupResult(
         validators=n,
         node=victim,
@@ -634,7 +769,25 @@ def run_catchup(
         lag_build_s=lag_build_s,
         startup_s=answered - started,
         catchup_s=done - answered,
+        cpu_s=[a - b for a, b in zip(cpu_after, cpu_before, strict=True)],
+        profile=profile,
+        notes=notes,
     )
+
+
+def _catchup_spy(
+    net: Network, victim: int, settings: BenchSettings, behind: int, notes: list[str]
+) -> PySpy | None:
+    """py-spy on the catching-up node until it has caught up (``--profile``)."""
+    if settings.profile_dir is None:
+        return None
+    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    out = settings.profile_dir / f"node{victim}-catchup-{behind}.folded"
+    try:
+        return PySpy(net.pid(victim), out, max(settings.profile_seconds, 3600.0))
+    except (ProfileError, TestnetError) as exc:
+        notes.append(f"no profile of the catching-up node: {exc}")
+        return None
 
 
 # --- scale ---------------------------------------------------------------------------

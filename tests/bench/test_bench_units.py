@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -22,6 +23,8 @@ from node.bench import (
     parse_folded,
     read_proc_stats,
 )
+from node.bench._procfs import is_local_address, listening_socket_inodes, pids_holding
+from node.bench._remote import find_node_process
 from node.bench._run import _plateau, _saturating_rate, jsonable
 from node.cli import main
 from node.load import LoadReport
@@ -67,6 +70,21 @@ def test_proc_stats_of_this_process_and_of_a_gone_one() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert read_proc_stats(child.pid) is None
+
+
+def test_the_process_listening_on_a_local_port_is_found() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        inodes = listening_socket_inodes("127.0.0.1", port)
+        assert len(inodes) == 1
+        assert os.getpid() in pids_holding(inodes)
+        # Not a node's command line: a URL on that port finds no node process.
+        assert find_node_process(f"http://127.0.0.1:{port}") is None
+    assert listening_socket_inodes("127.0.0.1", port) == set()
+    assert is_local_address("127.0.0.1") and not is_local_address("192.0.2.1")
+    assert find_node_process("http://192.0.2.1:80") is None  # TEST-NET: not this machine
 
 
 def test_dir_bytes(tmp_path: Path) -> None:
@@ -150,3 +168,40 @@ def test_bad_rates_is_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("medledger: error:") and "--rates" in err[0]
+
+
+def test_unknown_process_figures_print_na_and_serialise_null() -> None:
+    from node.bench import Ceiling, SweepResult
+    from node.bench._report import format_sweep
+    from node.bench._run import NodeFigures
+
+    report = LoadReport(offered=10, accepted=10, committed=10, latencies_s=[0.1] * 10)
+    report.first_submit, report.last_commit = 0.0, 1.0
+    phase = PhaseResult.from_report(10.0, report, [math.nan, 0.5])
+    known = NodeFigures(1, 2.0, 100 << 20, 120 << 20, 4096, 2048)
+    unknown = NodeFigures(0, None, None, None, None, None)
+    s = SweepResult(
+        4,
+        Ceiling(1000.0, 2, 4),
+        [phase],
+        [unknown, known],
+        10,
+        150.0,
+        1.0,
+        target="http://a:1,http://b:2",
+    )
+    text = format_sweep(s)
+    assert "at http://a:1,http://b:2" in text
+    assert "node0    n/a     n/a          n/a      n/a" in text
+    out = jsonable(s.to_json())
+    assert out["nodes"][0] == {
+        "node": 0,
+        "cpu_s": None,
+        "rss_mb": None,
+        "peak_rss_mb": None,
+        "disk_bytes": None,
+        "disk_growth_bytes": None,
+    }
+    assert out["nodes"][1]["peak_rss_mb"] == 120.0
+    assert out["bytes_per_committed_tx"] is None  # one node's disk is unknown
+    assert out["phases"][0]["cpu_ms_per_tx_per_node"] is None
