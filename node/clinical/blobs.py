@@ -13,7 +13,9 @@ remembers the blobs of recent gossip batches in a bounded cache and, when a
 commit reports blobs this node lacks (``CommitInfo.missing_blobs``) or a
 blob arrives for a tx already committed, stores it, but only if the
 committed state still references exactly that hash and the record is not
-erased: a late blob can never resurrect a crypto-shredded record.
+erased: a late blob can never resurrect a crypto-shredded record. What
+gossip never brings (a lost batch, a blob too large to gossip, a restart)
+is fetched from peers by :mod:`node.clinical.blobfetch_service`.
 """
 
 from __future__ import annotations
