@@ -20,10 +20,19 @@ Format: a sequence of frames ``length (u32 BE) | crc32 (u32 BE) | payload``,
 The log stays bounded: when a checkpoint becomes stable the core asks for a
 rewrite holding only what is above it, done atomically (temp file, fsync,
 rename, fsync of the directory).
+
+A write that fails (a full disk, an I/O error) raises
+:class:`~ledger.errors.StorageIOError` (``StorageFullError`` for ENOSPC) and
+the log refuses every later append and sync: after a failed fsync the kernel
+may have dropped the dirty pages, so a later fsync that "succeeds" proves
+nothing. The service performs a send only after its sync returned, so a vote
+whose sync failed is never sent; the node stops, and on restart the frames
+that did reach the disk are replayed (a partial last one is a torn tail).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -35,7 +44,7 @@ from consensus.errors import WALCorruptionError
 from consensus.messages import CheckpointProof, PreparedProof
 from ledger import codec
 from ledger.codec import Record
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StorageIOError, storage_io_error
 
 MAX_FRAME = 64 * 1024 * 1024
 _HEADER = struct.Struct(">II")
@@ -127,15 +136,32 @@ class FileWAL:
         self.path = Path(path)
         self._fsync = fsync
         self.truncated_bytes = 0
+        self._failed: StorageIOError | None = None
         data = self.path.read_bytes() if self.path.exists() else b""
         self._records, valid = scan_frames(data)
-        if valid < len(data):
-            self.truncated_bytes = len(data) - valid
-            with open(self.path, "r+b") as fh:
-                fh.truncate(valid)
-                self._sync_fd(fh.fileno())
-        self._fh = open(self.path, "ab")  # noqa: SIM115 - lives as long as the WAL
+        try:
+            if valid < len(data):
+                self.truncated_bytes = len(data) - valid
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(valid)
+                    self._sync_fd(fh.fileno())
+            self._fh = open(self.path, "ab")  # noqa: SIM115 - lives as long as the WAL
+        except OSError as exc:
+            raise storage_io_error(self._where, exc) from None
         self._dirty = False
+
+    @property
+    def _where(self) -> str:
+        return f"consensus WAL {self.path}"
+
+    def _fail(self, exc: OSError) -> StorageIOError:
+        """Remember the first failed write: the log is unusable from here on."""
+        self._failed = storage_io_error(self._where, exc)
+        return self._failed
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise type(self._failed)(self._where, "an earlier write failed")
 
     def _sync_fd(self, fd: int) -> None:
         if self._fsync:
@@ -146,32 +172,46 @@ class FileWAL:
         return list(self._records)
 
     def append(self, record: WalRecord) -> None:
-        self._fh.write(encode_frame(record))
+        self._check_usable()
+        try:
+            self._fh.write(encode_frame(record))  # may flush a full buffer
+        except OSError as exc:
+            raise self._fail(exc) from None
         self._dirty = True
 
     def sync(self) -> None:
+        """Make every appended record durable; :class:`StorageIOError` if the disk refuses."""
+        self._check_usable()
         if self._dirty:
-            self._fh.flush()
-            self._sync_fd(self._fh.fileno())
+            try:
+                self._fh.flush()
+                self._sync_fd(self._fh.fileno())
+            except OSError as exc:
+                raise self._fail(exc) from None
             self._dirty = False
 
     def rewrite(self, records: Sequence[WalRecord]) -> None:
         self.sync()
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "wb") as fh:
-            for r in records:
-                fh.write(encode_frame(r))
-            fh.flush()
-            self._sync_fd(fh.fileno())
-        os.replace(tmp, self.path)
-        if self._fsync:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        self._fh.close()
-        self._fh = open(self.path, "ab")  # noqa: SIM115
+        try:
+            with open(tmp, "wb") as fh:
+                for r in records:
+                    fh.write(encode_frame(r))
+                fh.flush()
+                self._sync_fd(fh.fileno())
+            os.replace(tmp, self.path)
+            if self._fsync:
+                dfd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            self._fh.close()
+            self._fh = open(self.path, "ab")  # noqa: SIM115
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # a failed rewrite leaves the old log in place
+                tmp.unlink(missing_ok=True)
+            raise self._fail(exc) from None
         self._records = list(records)
 
     def size(self) -> int:
@@ -179,8 +219,18 @@ class FileWAL:
         return self.path.stat().st_size
 
     def close(self) -> None:
-        self.sync()
-        self._fh.close()
+        """Sync and close; after a failed write, close without a sync and without raising.
+
+        Closing retries the buffered tail once: whether it lands whole, in part
+        (a torn tail, cut on the next open) or not at all, those records were
+        never sent, so no other node has seen anything the log lacks.
+        """
+        try:
+            if self._failed is None:
+                self.sync()
+        finally:
+            with contextlib.suppress(OSError):
+                self._fh.close()
 
 
 class MemoryWAL:

@@ -9,6 +9,9 @@ hex prefixes of hashes only.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class LedgerError(Exception):
     """Base of every typed ledger error; ``code`` is stable API surface."""
@@ -201,6 +204,55 @@ class StoreUnavailableError(LedgerError):
     """The store could not be opened (locked by another process, missing, unreadable)."""
 
     code = "STORE_UNAVAILABLE"
+
+
+class StorageIOError(LedgerError):
+    """A write to this node's own disk (LevelDB store, consensus WAL) failed.
+
+    Never the peer's fault and never retried: LevelDB refuses every write after
+    one failed, and after a failed fsync the kernel may already have dropped the
+    pages, so a later "successful" fsync proves nothing. The node stops (exit
+    status 74, EX_IOERR) with what was durably written left whole.
+    ``where`` names the file or directory, never any content.
+    """
+
+    code = "STORAGE_IO"
+    full = False
+
+    def __init__(self, where: str, detail: str = "", *, advice: str = "") -> None:
+        what = "no space left on device" if self.full else "write failed"
+        message = f"{where}: {what}" + (f" ({detail})" if detail else "")
+        super().__init__(message + (f"; {advice}" if advice else ""))
+        self.where = where
+
+
+class StorageFullError(StorageIOError):
+    """The disk (or the user's quota) is full: free space, or move the data dir, and restart."""
+
+    code = "STORAGE_FULL"
+    full = True
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_io_error(where: str, exc: BaseException) -> StorageIOError:
+    """The typed error for a failed local write; :class:`StorageFullError` for a full disk.
+
+    An ``OSError`` carries its errno; LevelDB (plyvel) only its message, which
+    ends with the C library's ``strerror`` text -- the text :func:`os.strerror`
+    returns in the same process.
+    """
+    raw = exc.args[0] if exc.args else ""
+    detail = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if isinstance(exc, OSError) and exc.strerror:
+        detail = exc.strerror
+    full = getattr(exc, "errno", None) in _FULL_ERRNOS or any(
+        os.strerror(code) in detail for code in _FULL_ERRNOS
+    )
+    if full and detail in map(os.strerror, _FULL_ERRNOS):
+        detail = ""  # the message says it already
+    return (StorageFullError if full else StorageIOError)(where, detail)
 
 
 # --- state machine extras (helper A) ----------------------------------------------

@@ -2,9 +2,12 @@
 
 Every failure an operator can cause is one line on stderr,
 ``medledger: error: <message>``, and a non-zero exit: 2 for usage and
-config errors (bad flag, bad config/key/genesis file), 1 for everything else
-(node unreachable, a ledger error). Never a traceback: :func:`main` wraps
-click so that :class:`~node.config.ConfigError` and
+config errors (bad flag, bad config/key/genesis file), 74 (EX_IOERR) when the
+node's own disk refused a write (``STORAGE_FULL``: no space left in the data
+dir; ``STORAGE_IO``: another write error) -- the node stopped cleanly, free
+space or move the data dir and start again -- and 1 for everything else (node
+unreachable, a ledger error). 130 after an interrupt. Never a traceback:
+:func:`main` wraps click so that :class:`~node.config.ConfigError` and
 :class:`~ledger.errors.LedgerError` become that one line.
 """
 
@@ -24,7 +27,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, StorageIOError
 from ledger.keys import KeyPair
 from node.bench import bench as bench_command
 from node.config import ConfigError, HostPort, load_config
@@ -44,6 +47,7 @@ __all__ = ["cli", "init_testnet", "main"]
 
 PROG = "medledger"
 EXIT_USAGE = 2
+EXIT_IOERR = 74  # sysexits.h EX_IOERR: the data dir's disk is full or refused a write
 DEFAULT_NODE_URL = "http://127.0.0.1:26657"
 DOCKER_P2P_PORT = 26656
 DOCKER_API_PORT = 26657
@@ -470,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail("aborted", 130)
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
+    except StorageIOError as exc:
+        _fail(f"{exc.code}: {exc}", EXIT_IOERR)
     except LedgerError as exc:
         _fail(f"{exc.code}: {exc}")
     except KeyboardInterrupt:

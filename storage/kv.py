@@ -21,7 +21,7 @@ from typing import Protocol
 
 import plyvel
 
-from ledger.errors import CorruptionError, StoreUnavailableError
+from ledger.errors import CorruptionError, StorageIOError, StoreUnavailableError, storage_io_error
 
 # One batch entry: put (key, value) or delete (key, None).
 Op = tuple[bytes, bytes | None]
@@ -78,6 +78,10 @@ class LevelDBKV:
         except plyvel.CorruptionError as exc:
             raise CorruptionError(f"LevelDB at {self.path} is corrupt: {_msg(exc)}") from None
         except plyvel.Error as exc:
+            if isinstance(exc, plyvel.IOError):  # opening writes too (a new log and manifest)
+                error = storage_io_error(f"LevelDB at {self.path}", exc)
+                if error.full:
+                    raise error from None
             message = f"cannot open LevelDB at {self.path}: {_msg(exc)}"
             raise StoreUnavailableError(message) from None
 
@@ -93,13 +97,24 @@ class LevelDBKV:
         return _translate_corruption(it)
 
     def write(self, ops: Iterable[Op], *, sync: bool) -> None:
+        """Raises :class:`StorageIOError` (:class:`StorageFullError` on a full disk)
+        when LevelDB cannot write; LevelDB then refuses every later write too, and
+        what earlier batches wrote stays whole."""
         batch = self._db.write_batch(sync=sync)
         for key, value in ops:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        batch.write()
+        try:
+            batch.write()
+        except plyvel.Error as exc:
+            raise self._write_error(exc) from None
+
+    def _write_error(self, exc: plyvel.Error) -> CorruptionError | StorageIOError:
+        if isinstance(exc, plyvel.CorruptionError):
+            return CorruptionError(f"LevelDB at {self.path} refused a write: {_msg(exc)}")
+        return storage_io_error(f"LevelDB at {self.path}", exc)
 
     def compact(self, start: bytes, stop: bytes | None) -> None:
         """Rewrite every table holding keys of ``[start, stop)`` so deleted values are gone.
@@ -118,12 +133,15 @@ class LevelDBKV:
         """
         if stop is not None and stop <= start:
             return
-        self._db.compact_range(start=start, stop=stop)
-        batch = self._db.write_batch()
-        batch.delete(start)
-        batch.delete(_last_key_below(stop))
-        batch.write()
-        self._db.compact_range(start=start, stop=stop)
+        try:
+            self._db.compact_range(start=start, stop=stop)
+            batch = self._db.write_batch()
+            batch.delete(start)
+            batch.delete(_last_key_below(stop))
+            batch.write()
+            self._db.compact_range(start=start, stop=stop)
+        except plyvel.Error as exc:
+            raise self._write_error(exc) from None
 
     def close(self) -> None:
         self._db.close()

@@ -135,7 +135,10 @@ class Store:
         """Write everything of ``bundle.height`` in one durable batch.
 
         Raises :class:`InvalidBundleError` (nothing written) when the height
-        is not the next one or a field is malformed. The per-item checks run
+        is not the next one or a field is malformed, and
+        :class:`~ledger.errors.StorageIOError` / ``StorageFullError`` when the
+        disk refuses the batch: nothing of the height is stored, every earlier
+        height stays whole, and the caller must stop. The per-item checks run
         while the batch is built (one pass: this is the hot path of a node),
         and the batch is handed to the backend only once all of them passed.
         """

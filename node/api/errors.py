@@ -16,6 +16,8 @@ erased record (``ErasedError``)                          410
 other rule violations (nonce, already exists)            409
 mempool full, too many waiters, node not ready           503
 our own disk failed (``CorruptionError``)                500
+our own disk refused a write (``StorageIOError``; the   503
+node is stopping)
 anything unexpected: ``INTERNAL``, logged, no details     500
 =====================================================  ======
 """
@@ -36,6 +38,7 @@ from ledger.errors import (
     NotFoundError,
     NotSupportedError,
     StateRuleError,
+    StorageIOError,
     TooLargeError,
     UnauthorizedError,
     UnknownSenderError,
@@ -63,6 +66,7 @@ _STATUS: tuple[tuple[type[LedgerError], int], ...] = (
     (NotReadyError, 503),
     (AlreadyKnownError, 409),  # only where a duplicate is not idempotent
     (CorruptionError, 500),
+    (StorageIOError, 503),
     (EnvelopeError, 400),
 )
 

@@ -355,6 +355,7 @@ def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
     async def scenario() -> tuple[LoadReport, ApiFloodReport, int]:
         async with trio.open_nursery() as nursery:
             out: dict[str, Any] = {}
+            flood_done = trio.Event()
 
             async def flood() -> None:
                 out["api"] = await api_flood(
@@ -365,6 +366,7 @@ def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
                 out["height_at_end"] = await trio.to_thread.run_sync(
                     lambda: min(int(net.status(i)["height"]) for i in net.honest)
                 )
+                flood_done.set()
 
             async def sample() -> None:
                 t0 = trio.current_time()
@@ -376,6 +378,7 @@ def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
             nursery.start_soon(flood)
             nursery.start_soon(sample)
             load = await run_load(urls, honest_txs, rate=HONEST_RATE, commit_timeout_s=120)
+            await flood_done.wait()  # the honest load may finish first: keep flooding to the end
             nursery.cancel_scope.cancel()
         return load, out["api"], out["height_at_end"]
 

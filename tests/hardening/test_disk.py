@@ -13,22 +13,29 @@
 
 from __future__ import annotations
 
-import os
+import errno
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import plyvel
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consensus.core import Replica
 from consensus.errors import WALCorruptionError
-from consensus.messages import CheckpointProof, VoteSig
+from consensus.messages import CheckpointProof, VoteSig, decode_envelope
+from consensus.service import ConsensusService
+from consensus.testing import CHAIN_ID, ToyApp, ToyStorage, genesis_digest, sim_config
+from consensus.validators import ValidatorSet
 from consensus.wal import FileWAL, WalRecord, WalStable, WalVote, encode_frame
-from ledger.errors import CorruptionError
+from ledger.errors import CorruptionError, StorageFullError, StorageIOError
+from ledger.hashing import sha256
+from ledger.keys import KeyPair
+from ledger.tx import RegisterPatient, make_tx
 from node.app import Node
 from node.cli import init_testnet
 from node.config import Config, load_config
@@ -194,42 +201,23 @@ def test_node_start_truncates_a_torn_wal(node_config: Config) -> None:
     assert wal_path.read_bytes() == valid
 
 
-# --- a full disk ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs at ``tmp_path/disk``; skipped unless we may mount one."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+# --- a full disk (small_disk: tests/hardening/conftest.py) ----------------------------------
 
 
 def test_full_disk_stops_commits_without_damage(small_disk: Path, tmp_path: Path) -> None:
     store = open_leveldb(small_disk / "db")
     height = 0
     try:
-        with pytest.raises(OSError, match="No space left") as info:
+        with pytest.raises(StorageFullError) as info:
             while height < 10_000:
                 store.commit(make_bundle(height, txs=5, blobs=1, blob_size=8192))
                 height += 1
         assert height > 10, "the disk filled before a handful of heights"
-        assert isinstance(info.value, plyvel.IOError)
+        assert info.value.code == "STORAGE_FULL"
+        assert str(small_disk / "db") in info.value.message
+        assert "no space left on device" in info.value.message
         # Stopped: later writes are refused as well, and reads still see the last good height.
-        with pytest.raises(OSError):
+        with pytest.raises(StorageIOError):
             store.commit(make_bundle(height, txs=1))
         assert store.latest_height() == height - 1
     finally:
@@ -244,3 +232,95 @@ def test_full_disk_stops_commits_without_damage(small_disk: Path, tmp_path: Path
         assert reopened.get_block_bytes(height - 1) == last.block_bytes
         reopened.commit(make_bundle(height, txs=5, blobs=1, blob_size=8192))  # and it goes on
         assert reopened.latest_height() == height
+
+
+def _fill(disk: Path) -> None:
+    """Write a filler file until the disk refuses another byte."""
+    with open(disk / "filler", "wb", buffering=0) as fh:
+        chunk = b"\0" * 4096
+        with pytest.raises(OSError) as info:
+            while True:
+                fh.write(chunk)
+        assert info.value.errno == errno.ENOSPC
+
+
+def test_full_disk_wal_refuses_and_keeps_what_was_synced(small_disk: Path, tmp_path: Path) -> None:
+    wal = FileWAL(small_disk / "consensus.wal")
+    for r in RECORDS[:3]:
+        wal.append(r)
+    wal.sync()
+    _fill(small_disk)
+    wal.append(WalVote(b"v" * 6_000))  # buffered (under 8 KiB), over the last page's slack
+    with pytest.raises(StorageFullError) as info:
+        wal.sync()
+    assert info.value.code == "STORAGE_FULL"
+    assert str(small_disk / "consensus.wal") in info.value.message
+    # Unusable from here on, even for a record that would fit: a later fsync proves nothing.
+    with pytest.raises(StorageFullError):
+        wal.append(WalVote(b"x"))
+    with pytest.raises(StorageFullError):
+        wal.sync()
+    wal.close()  # does not raise: the node closes it on the way out
+    moved = tmp_path / "moved.wal"
+    shutil.copyfile(small_disk / "consensus.wal", moved)
+    reopened = FileWAL(moved)
+    reopened.close()
+    # What was synced is there; of the vote that failed at most a torn tail, cut on open.
+    assert reopened.records() == RECORDS[:3]
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def kinds(self) -> set[str]:
+        """Payload types sent (``Status`` is gossip that is not persisted; votes are)."""
+        return {type(decode_envelope(d, 1 << 24).payload).__name__ for d in self.sent}
+
+    async def send_to(self, peer: bytes, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def broadcast(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def _primary_service(wal: FileWAL) -> tuple[ConsensusService, _RecordingTransport]:
+    """The view-0 primary of four toy validators, with one tx to propose."""
+    keys = [KeyPair.from_seed(sha256(b"disk:%d" % i)) for i in range(4)]
+    vs = ValidatorSet(CHAIN_ID, [k.public_key for k in keys])
+    key = next(k for k in keys if k.public_key == vs.primary(0))
+    app = ToyApp(ToyStorage())
+    client = KeyPair.from_seed(sha256(b"disk-client"))
+    app.submit(make_tx(client, CHAIN_ID, 1, RegisterPatient(sha256(b"disk-patient"))))
+    replica = Replica(
+        sim_config(), key, vs, app, genesis_digest=genesis_digest(), wal_records=wal.records()
+    )
+    transport = _RecordingTransport()
+    service = ConsensusService(replica, app, wal, transport)
+    service.notify_pending()
+    return service, transport
+
+
+async def test_a_vote_whose_wal_sync_fails_is_never_sent(small_disk: Path) -> None:
+    """Persist-before-send on a full disk: the pre-prepare's sync fails, nothing leaves."""
+    wal = FileWAL(small_disk / "consensus.wal")
+    _fill(small_disk)
+    service, transport = _primary_service(wal)
+    with trio.fail_after(30), pytest.raises(StorageFullError):
+        await service.run()
+    assert transport.kinds() <= {"Status"}, transport.kinds()  # no PrePrepare left
+    wal.close()
+
+
+async def test_the_same_vote_is_sent_when_the_disk_has_room(tmp_path: Path) -> None:
+    """The control: the same primary with room on its disk proposes and sends."""
+    wal = FileWAL(tmp_path / "consensus.wal")
+    service, transport = _primary_service(wal)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        with trio.fail_after(30):
+            while "PrePrepare" not in transport.kinds():
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    wal.close()
+    assert FileWAL(tmp_path / "consensus.wal").records()  # it was written before it was sent
