@@ -19,6 +19,7 @@ fills it, PBFT block validation and :func:`ledger.apply.apply_block` reuse it.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,9 +67,12 @@ DEFAULT_LIMITS = Limits()
 class SigCache:
     """Bounded LRU set of tx hashes whose signature verified.
 
-    Not thread-safe: it belongs to the Trio thread of its node. Only successes
-    are cached, so a flood of bad signatures cannot evict good entries faster
-    than it costs the attacker a verification each.
+    Shared by the node's Trio thread (admission, block validation) and the
+    commit worker thread (``apply_block``), so every operation holds a lock:
+    a lookup's ``move_to_end`` racing another thread's eviction would raise
+    ``KeyError`` in the middle of a commit. Only successes are cached, so a
+    flood of bad signatures cannot evict good entries faster than it costs the
+    attacker a verification each.
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
@@ -76,18 +80,21 @@ class SigCache:
             raise ValueError("capacity must be positive")
         self._capacity = capacity
         self._entries: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __contains__(self, txh: bytes) -> bool:
-        if txh in self._entries:
-            self._entries.move_to_end(txh)
-            return True
-        return False
+        with self._lock:
+            if txh in self._entries:
+                self._entries.move_to_end(txh)
+                return True
+            return False
 
     def add(self, txh: bytes) -> None:
-        self._entries[txh] = None
-        self._entries.move_to_end(txh)
-        if len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[txh] = None
+            self._entries.move_to_end(txh)
+            if len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

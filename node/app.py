@@ -13,6 +13,14 @@ Shutdown (SIGTERM / SIGINT): the API stops accepting, the nursery is
 cancelled; a block commit that is running in its worker thread is not
 abandoned (Trio waits for it), so LevelDB closes after a whole height. The WAL
 needs no flush: every vote was synced before it was sent.
+
+A full disk (or any failed local write) stops the node the same way: the
+store or the WAL raises :class:`~ledger.errors.StorageIOError` in the task that
+wrote (a commit in the consensus service, a WAL sync before a send, a late
+blob), the nursery is cancelled, LevelDB and the WAL are closed, and
+:func:`run` turns the error into one line naming the data dir; ``medledger
+start`` exits 74 (EX_IOERR). Nothing is half-written: the failed LevelDB batch
+is all-or-nothing, and a vote whose WAL sync failed was never sent.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import trio
 
@@ -36,7 +44,7 @@ from consensus.wal import FileWAL
 from ledger import codec
 from ledger.apply import ApplyContext
 from ledger.block import Block
-from ledger.errors import LedgerError, NotFoundError
+from ledger.errors import LedgerError, NotFoundError, StorageIOError
 from ledger.genesis import (
     Genesis,
     genesis_hash,
@@ -51,13 +59,16 @@ from node.api.facade import AccountView, BlockView, NodeStatus, TxStatus
 from node.api.server import ServerSettings, serve_api
 from node.clinical.wiring import ClinicalParts, build_clinical
 from node.config import Config, ConfigError
+from node.gc_tuning import tune_gc
 from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
+from node.inbox import FairInbox
 from node.keyfile import load_key_file
 from node.ledger_app import CommitInfo, LedgerApplication, open_chain
 from node.logs import configure_logging
 from node.mempool import LedgerTxChecker, Mempool, MempoolSettings
 from node.metrics import CounterLike, NodeMetrics
 from node.p2p import Transport, transport_from_config
+from node.txpush import TxPushService
 from node.watchdog import run_stall_watchdog
 from storage.store import Store, open_leveldb, open_memory
 
@@ -107,6 +118,13 @@ class NodeParts:
     wal: FileWAL
 
 
+#: Consensus messages queued per sending validator before its oldest is dropped
+#: (node/inbox.py); the service's own input channel stays short, so a message
+#: picked from a fair turn is not queued again behind a flood.
+_INBOX_PER_SENDER = 512
+_SERVICE_INPUT = 64
+
+
 def core_config(config: Config, genesis: Genesis) -> CoreConfig:
     """Consensus knobs: shared ones from genesis, local timing from the config."""
     c = config.consensus
@@ -116,6 +134,8 @@ def core_config(config: Config, genesis: Genesis) -> CoreConfig:
         progress_timeout_ms=int(c.timeout_base_s * 1000),
         view_change_timeout_ms=int(c.timeout_base_s * 1000),
         max_timeout_ms=int(c.timeout_cap_s * 1000),
+        # The core sizes state-transfer answers to what the transport carries.
+        max_message_size=config.p2p.max_message_bytes,
     )
 
 
@@ -125,6 +145,9 @@ class Node:
     def __init__(self, parts: NodeParts) -> None:
         self.parts = parts
         self.clinical: ClinicalParts = build_clinical(parts, clock_ms=wall_clock_ms)
+        # Room for two of the largest frames per sender: one sender's backlog
+        # never grows past that, whatever it sends.
+        self.inbox = FairInbox(_INBOX_PER_SENDER, 2 * parts.config.p2p.max_message_bytes)
         self._ready_height = 0
         self._last_commit_at: float | None = None
 
@@ -213,6 +236,7 @@ class Node:
             app,
             wal,
             _ConsensusTransport(transport),
+            input_capacity=_SERVICE_INPUT,
             on_commit=lambda _commit: _drain(app),
             on_evidence=lambda e: node_ref[0]._evidence(e),
         )
@@ -234,7 +258,15 @@ class Node:
                 await nursery.start(p.transport.run)
                 await nursery.start(p.service.run)
                 await nursery.start(self.clinical.key_release.run)
+                await nursery.start(self.clinical.blob_fetch.run)
+                push = TxPushService(
+                    p.mempool, p.transport, p.metrics,
+                    validators=[v for v in p.genesis.validators if v != p.key.public_key],
+                    on_admitted=self._on_pushed,
+                )
+                await nursery.start(push.run)
                 nursery.start_soon(self._pump_consensus)
+                nursery.start_soon(self._feed_consensus)
                 nursery.start_soon(self._pump_batches)
                 await nursery.start(p.mempool.run_gossip, p.transport.publish_batch)
                 nursery.start_soon(self._refresh_gauges)
@@ -264,8 +296,10 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             height = p.store.latest_height()
-            p.wal.close()
-            p.store.close()
+            try:
+                p.wal.close()
+            finally:
+                p.store.close()
             log.info("stopped cleanly at height %s", height)
 
     async def _wait_for_signal(self) -> None:
@@ -274,10 +308,34 @@ class Node:
                 return
 
     async def _pump_consensus(self) -> None:
+        """Transport -> per-sender inbox; never blocks, so no peer's stream stalls another's."""
         p = self.parts
-        async for _peer, data in p.transport.messages:
-            if not p.service.deliver_nowait(data):
+        async for peer, data in p.transport.messages:
+            if not self.inbox.put_nowait(peer, data):
                 p.metrics.messages_dropped.labels("consensus_input_full").inc()
+
+    async def _feed_consensus(self) -> None:
+        """Inbox -> consensus service, one sender at a time (see node/inbox.py).
+
+        Fills what room the service has in one scheduler turn: it drains its
+        queue in batches, and one message per turn here would starve it the
+        same way when the API keeps many tasks runnable.
+        """
+        service = self.parts.service
+        while True:
+            _peer, data = await self.inbox.get()
+            await service.deliver(data)
+            while service.input_room() > 0:
+                try:
+                    _peer, data = self.inbox.get_nowait()
+                except trio.WouldBlock:
+                    break
+                service.deliver_nowait(data)
+
+    def _on_pushed(self, data: bytes) -> None:
+        """A peer pushed us a tx too large for gossip (node.txpush): as for a batch."""
+        self.clinical.blobs.observe_batch(data)
+        self.parts.service.notify_pending()
 
     async def _pump_batches(self) -> None:
         p = self.parts
@@ -529,7 +587,7 @@ class NodeFacadeImpl:
         )
 
     async def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> object:
-        return self._node.clinical.reads.read_record(record_id, reader, access_tx)
+        return self._node.clinical.read_record(record_id, reader, access_tx)
 
     async def patient_audit(self, patient: bytes, reader: bytes) -> object:
         return self._node.clinical.reads.patient_audit(patient, reader)
@@ -542,16 +600,46 @@ def run(config: Config, doc: GenesisDoc, key: KeyPair) -> None:
         lc.level, json_output=lc.json, modules=_quiet_libp2p(lc.modules)
     )
     handler.addFilter(_drop_root_logger_noise)
-    node = Node.open(config, doc=doc, key=key)
+    try:
+        node = Node.open(config, doc=doc, key=key)
+    except StorageIOError as error:  # opening LevelDB or cutting a torn WAL tail writes too
+        raise _storage_stopped(config, error, None) from None
+    tune_gc()
     try:
         trio.run(node.run)
+    except* StorageIOError as group:
+        height = node.parts.store.latest_height() or 0
+        raise _storage_stopped(config, _first(group), height) from None
     except* OSError as group:
-        exc = group.exceptions[0]
-        while isinstance(exc, BaseExceptionGroup):
-            exc = exc.exceptions[0]
+        exc = _first(group)
         if getattr(exc, "errno", None) == errno.EADDRINUSE:
             raise ConfigError(
                 f"{config.source}: api.listen {config.api.listen.host}:{config.api.listen.port} "
                 "or p2p.listen: address already in use"
             ) from None
         raise
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[_E]) -> _E:
+    exc: _E | BaseExceptionGroup[_E] = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _storage_stopped(config: Config, exc: StorageIOError, height: int | None) -> StorageIOError:
+    """The one line an operator needs: which data dir, what failed, what to do.
+
+    ``height`` is where a running node stopped; None when it could not start.
+    """
+    state = "did not start" if height is None else f"stopped cleanly at height {height}"
+    stopped = type(exc)(
+        f"data dir {config.node.data_dir}",
+        exc.where,
+        advice=f"{state}; free space (or move the data dir to a bigger disk) and start again",
+    )
+    log.critical("%s", stopped.message)
+    return stopped

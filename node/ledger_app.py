@@ -191,7 +191,7 @@ class LedgerApplication:
         return self._store.state_root_at(max(0, height - self._params.window))
 
     def has_pending(self) -> bool:
-        return len(self._mempool) > 0
+        return self._mempool.has_includable()
 
     def committed_block(self, height: int) -> tuple[bytes, bytes] | None:
         if height < 1:

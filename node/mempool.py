@@ -32,7 +32,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -169,6 +169,10 @@ class MempoolSettings:
     max_nonces_ahead: int = 64  # accept next_nonce .. next_nonce + this, per sender
     recheck_budget_s: float = 0.1
     recheck_budget_txs: int = 20_000
+    #: ... and at most this many per tx the block committed (but ``recheck_min``):
+    #: recheck work then grows with the commit rate, not with the backlog.
+    recheck_per_committed: int = 1
+    recheck_min: int = 256
     ttl_blocks: int = 600  # evict what stayed unincludable this many blocks
     max_waiters: int = 10_000
     recent_commits: int = 50_000  # hashes remembered after commit, for late waiters
@@ -201,7 +205,8 @@ class MempoolSettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"mempool.{name}: must be positive")
-        if self.max_nonces_ahead < 0 or self.recheck_budget_txs < 0:
+        budgets = (self.max_nonces_ahead, self.recheck_budget_txs, self.recheck_per_committed)
+        if min(*budgets, self.recheck_min) < 0:
             raise ValueError("mempool: negative budget")
 
 
@@ -293,6 +298,7 @@ class Mempool:
         self._height = height
         self._by_hash: dict[bytes, _Entry] = {}  # insertion order == arrival order
         self._senders: dict[bytes, dict[int, _Entry]] = {}  # sender -> nonce -> entry
+        self._includable: bool | None = None  # has_includable(), until the pool or state moves
         self._bytes = 0
         self._blob_bytes = 0
         self._seq = 0
@@ -303,6 +309,11 @@ class Mempool:
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[tuple[bytes, bytes | None]](
             self.settings.outbox_size
         )
+        # Items too large for a gossip message (a record with a blob over ~1 MiB)
+        # go to every validator over a direct stream instead (node.txpush).
+        self._direct_send, self.direct_outbox = trio.open_memory_channel[
+            tuple[bytes, bytes | None]
+        ](LARGE_OUTBOX_SIZE)
         self._accepted_total = 0
         self._rejected_total = 0
         self._evicted_total = 0
@@ -336,6 +347,12 @@ class Mempool:
         txh = tx_hash(tx_bytes)  # dedup before any costly check
         if txh in self._by_hash:
             raise AlreadyKnownError(txh)
+        done = self._recent.get(txh)
+        if done is not None:
+            # Under load a block often reaches a node before the gossip of its txs:
+            # the late copy would cost a decode and every check only to fail on
+            # its nonce. The same refusal, without the work.
+            raise NonceReplayError(f"tx committed at height {done.height}")
         if len(self._by_hash) >= self.settings.max_txs:  # full: spend no verification
             raise MempoolFullError(f"mempool holds {len(self._by_hash)} txs")
         tx, checked_hash = self._checker.check_stateless(tx_bytes, blob)
@@ -359,6 +376,7 @@ class Mempool:
         self._seq += 1
         self._by_hash[txh] = entry
         self._senders.setdefault(tx.sender, {})[tx.nonce] = entry
+        self._includable = None
         self._bytes += entry.size
         self._blob_bytes += entry.blob_size
         self._recheck.append(txh)
@@ -402,20 +420,14 @@ class Mempool:
         return results
 
     async def _queue_gossip(self, tx_bytes: bytes, blob: bytes | None) -> None:
+        outbox = self._outbox_send
         if _item_size(tx_bytes, blob) + _ITEM_OVERHEAD > self.settings.max_batch_message_bytes:
-            # libp2p drops oversized pubsub messages silently; count it here instead.
-            # The tx stays pending (and reaches blocks we propose); its blob must
-            # travel by another path.
-            self._metrics.messages_dropped.labels("too_large_for_gossip").inc()
-            log.warning(
-                "tx %s with its blob (%d bytes) is too large to gossip",
-                tx_hash(tx_bytes).hex()[:16],
-                _item_size(tx_bytes, blob),
-            )
-            return
+            # libp2p drops pubsub messages over 1 MiB silently: such an item
+            # is pushed to each validator on a direct stream (node.txpush).
+            outbox = self._direct_send
         queued = False
         try:
-            await self._outbox_send.send((tx_bytes, blob))
+            await outbox.send((tx_bytes, blob))
             queued = True
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._metrics.messages_dropped.labels("outbox_closed").inc()
@@ -424,13 +436,16 @@ class Mempool:
             if not queued:  # cancelled: the tx stays pending, unannounced
                 self._metrics.messages_dropped.labels("outbox_cancelled").inc()
 
-    async def add_batch(self, data: bytes, *, source: Source = "gossip") -> BatchOutcome:
-        """Admit every tx of a gossiped batch; never re-gossips them.
+    async def add_batch(
+        self, data: bytes, *, source: Source = "gossip", max_bytes: int | None = None
+    ) -> BatchOutcome:
+        """Admit every tx of a gossiped (or pushed) batch; never re-gossips them.
 
         A batch that does not decode raises the :class:`~ledger.errors.DecodeError`
-        family (the peer's fault); single bad txs are only counted.
+        family (the peer's fault); single bad txs are only counted. ``max_bytes``
+        overrides the gossip limit for batches that came on a direct stream.
         """
-        batch = decode_batch(data, self.settings.max_batch_message_bytes)
+        batch = decode_batch(data, max_bytes or self.settings.max_batch_message_bytes)
         accepted = duplicates = rejected = 0
         for n, item in enumerate(batch.items):
             if n % 64 == 63:
@@ -463,6 +478,22 @@ class Mempool:
         while nonce in by_nonce:
             nonce += 1
         return nonce
+
+    def has_includable(self) -> bool:
+        """Whether a proposal could include something: some sender's next nonce is here.
+
+        Txs parked behind a missing nonce are not work a primary can be blamed
+        for not proposing: counting them (``len(self) > 0``) made every
+        replica time out and change view again and again, forever, after one
+        client request was lost before the txs that follow it. Cached until
+        the pool or the committed state changes (each miss reads the state).
+        """
+        if self._includable is None:
+            self._includable = any(
+                self._checker.next_nonce(sender) in by_nonce
+                for sender, by_nonce in self._senders.items()
+            )
+        return self._includable
 
     def statistics(self) -> MempoolStatistics:
         return MempoolStatistics(
@@ -545,6 +576,7 @@ class Mempool:
         if checker is not None:
             self._checker = checker
         self._height = height
+        self._includable = None
         now = self._clock()
         for index, txh in enumerate(committed):
             entry = self._by_hash.get(txh)
@@ -554,7 +586,7 @@ class Mempool:
             where = Committed(height, index)
             self._remember(txh, where)
             self._wake(txh, result=where)
-        self._recheck_some()
+        self._recheck_some(len(committed))
         self._update_gauges()
 
     def _remember(self, txh: bytes, where: Committed) -> None:
@@ -566,10 +598,21 @@ class Mempool:
         """Where ``txh`` committed, if it was among the last ``recent_commits`` commits."""
         return self._recent.get(txh)
 
-    def _recheck_some(self) -> None:
+    def _recheck_some(self, committed: int) -> None:
+        """Recheck the oldest-checked pending txs, within the budgets; the rest wait a turn.
+
+        Under a backlog, rechecking every pending tx after every block held
+        the event loop for up to ``recheck_budget_s`` per commit (this runs on
+        the Trio thread), nearly all of it confirming txs that were still
+        valid; bounding it by the block's size raised the saturated commit
+        rate by about 60 % (BENCHMARKS.md). Every pending tx is still
+        rechecked in turn. Apply remains the arbiter: a tx that became invalid
+        and is included before its turn fails there with its code.
+        """
         s = self.settings
         deadline = self._clock() + s.recheck_budget_s
-        todo = min(len(self._recheck), s.recheck_budget_txs)
+        per_block = max(s.recheck_min, s.recheck_per_committed * committed)
+        todo = min(len(self._recheck), s.recheck_budget_txs, per_block)
         for n in range(todo):
             if n and self._clock() >= deadline:
                 break
@@ -601,6 +644,7 @@ class Mempool:
         del by_nonce[pending.tx.nonce]
         if not by_nonce:
             del self._senders[pending.tx.sender]
+        self._includable = None
         self._bytes -= entry.size
         self._blob_bytes -= entry.blob_size
 
@@ -716,9 +760,46 @@ class Mempool:
     def close_outbox(self) -> None:
         """Stop accepting gossip; :meth:`run_gossip` flushes what is queued and returns."""
         self._outbox_send.close()
+        self._direct_send.close()
+
+
+#: Oversized items waiting for their direct push before ``submit`` waits (backpressure).
+LARGE_OUTBOX_SIZE = 16
 
 
 # --- the real ledger behind TxChecker ---------------------------------------------------
+
+
+class _StateReadCache:
+    """Memoised reads of the committed state, for the checks of one height.
+
+    Admission and the recheck after every commit read the same few senders'
+    identities for every tx (a hospital signs thousands of registrations);
+    remembering the raw value spares the store lookup and checksum each time.
+    A checker is rebuilt after every commit, so a cache never outlives its height.
+    """
+
+    def __init__(self, state: StateReader, capacity: int = 4096) -> None:
+        self._state = state
+        self._capacity = capacity
+        self._values: dict[bytes, bytes | None] = {}
+
+    def get_state(self, key: bytes) -> bytes | None:
+        try:
+            return self._values[key]
+        except KeyError:
+            pass
+        value = self._state.get_state(key)
+        if len(self._values) >= self._capacity:
+            self._values.clear()  # bounded; the hot keys come back at once
+        self._values[key] = value
+        return value
+
+    def scan_state(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return self._state.scan_state(prefix)
+
+    def get_tree_node(self, node_id: bytes) -> bytes | None:
+        return self._state.get_tree_node(node_id)
 
 
 class LedgerTxChecker:
@@ -730,7 +811,8 @@ class LedgerTxChecker:
     :func:`ledger.apply.check_tx_against_state` as if in the next block at
     ``time_ms`` (the last committed block's time), with the tx's own nonce as
     the expected one: the mempool has already placed the nonce in its window.
-    Build a new one after each commit and hand it to :meth:`Mempool.update`.
+    Build a new one after each commit and hand it to :meth:`Mempool.update`:
+    its state reads are remembered for its lifetime.
     """
 
     def __init__(
@@ -741,7 +823,7 @@ class LedgerTxChecker:
         time_ms: int,
         max_blob_bytes: int = MAX_BLOB_SIZE,
     ) -> None:
-        self._state = state
+        self._state = _StateReadCache(state)
         self._ctx = ctx
         self._time_ms = time_ms
         self._max_blob_bytes = max_blob_bytes

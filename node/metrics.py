@@ -239,6 +239,28 @@ class NodeMetrics:
             "Signatures that failed verification, by kind (tx, consensus, api).",
             ["kind"],
         )
+        self.tx_push = f.counter(
+            "tx_push_total",
+            "Txs too large for gossip pushed to a validator on a direct stream, by result"
+            " (accepted, known, rejected, malformed, unreachable).",
+            ["result"],
+        )
+        # --- blob fetch --------------------------------------------------------------
+        self.blob_fetch = f.counter(
+            "blob_fetch_total",
+            "Record blobs asked of a peer, by result (ok, invalid, not_found, rate_limited,"
+            " unavailable), and blobs given up on (gave_up, overflow).",
+            ["result"],
+        )
+        self.blob_fetch_missing = f.gauge(
+            "blob_fetch_missing", "Blobs of committed records this node lacks and is fetching."
+        )
+        self.blob_requests_served = f.counter(
+            "blob_requests_served_total",
+            "Blob requests answered for peers, by result (sent, not_found, rate_limited,"
+            " refused, malformed).",
+            ["result"],
+        )
         # --- storage ---------------------------------------------------------------
         self.storage_write_latency = f.histogram(
             "storage_write_seconds", "Duration of one LevelDB write batch.", _STORAGE_BUCKETS

@@ -8,8 +8,17 @@ counts the request by route template, method and status.
 
 Bodies are read with a size limit enforced while reading, before anything is
 parsed: the ``Content-Length`` header is checked first, then the bytes as they
-arrive. JSON is decoded by msgspec into strict structures; hex must be
-lowercase, as everywhere in the API.
+arrive. The bytes every request holds count against one node-wide
+:class:`~node.api.budget.BodyBudget` until its handler has answered, so many
+concurrent large bodies are refused (503 ``BUSY``) rather than buffered.
+JSON is decoded by msgspec into strict structures; hex must be lowercase, as
+everywhere in the API.
+
+Hex path and query parameters carry their ``pattern`` and lengths in the
+OpenAPI description (and FastAPI checks them: 400 ``MALFORMED`` naming the
+parameter, never echoing it), so clients and schema-driven fuzzers see the
+exact shape the handlers demand; the handlers still parse with
+:func:`parse_hex`, which stays the one authority on sizes.
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from fastapi import FastAPI, Request
+import trio
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,6 +41,7 @@ from starlette.responses import Response
 
 from ledger.errors import DecodeError, LedgerError, TooLargeError
 from node.api.auth import ReplayCache, verify_signed_request
+from node.api.budget import BodyBudget
 from node.api.errors import error_response, ledger_error_response
 from node.api.facade import NodeFacade
 from node.api.render import json_bytes
@@ -46,6 +57,52 @@ log = logging.getLogger(__name__)
 _HEX = re.compile(r"[0-9a-f]*")
 HASH_SIZE = 32
 
+# --- the shapes of hex parameters, as the OpenAPI description states them ----------------
+
+#: Lowercase hex of whole bytes, any length (tx and blob bodies).
+HEX_BYTES_PATTERN = r"^(?:[0-9a-f]{2})*$"
+
+
+def hex_pattern(min_bytes: int, max_bytes: int | None = None) -> str:
+    """Anchored pattern of lowercase hex for ``min_bytes``..``max_bytes`` bytes."""
+    hi = min_bytes if max_bytes is None else max_bytes
+    if hi == min_bytes:
+        return f"^[0-9a-f]{{{2 * min_bytes}}}$"
+    return f"^(?:[0-9a-f]{{2}}){{{min_bytes},{hi}}}$"
+
+
+def _hex_param(
+    where: type[Any], description: str, min_bytes: int, max_bytes: int | None = None
+) -> Any:
+    hi = min_bytes if max_bytes is None else max_bytes
+    return where(
+        description=description,
+        pattern=hex_pattern(min_bytes, hi),
+        min_length=2 * min_bytes,
+        max_length=2 * hi,
+    )
+
+
+KeyPath = Annotated[str, _hex_param(Path, "ed25519 public key, 32 bytes as lowercase hex", 32)]
+TxHashPath = Annotated[str, _hex_param(Path, "tx hash, 32 bytes as lowercase hex", HASH_SIZE)]
+RecordIdPath = Annotated[
+    str, _hex_param(Path, "record id, 16 to 32 bytes as lowercase hex", 16, 32)
+]
+PatientPath = Annotated[str, _hex_param(Path, "patient public key, 32 bytes as lowercase hex", 32)]
+AccessQuery = Annotated[
+    str | None,
+    _hex_param(Query, "hash of the committed RecordAccess tx, 32 bytes as lowercase hex", 32),
+]
+HeightPath = Annotated[
+    str,
+    Path(
+        description="block height, a non-negative decimal integer",
+        pattern=r"^[0-9]{1,19}$",
+        min_length=1,
+        max_length=19,
+    ),
+]
+
 
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
@@ -54,6 +111,10 @@ class ApiSettings:
     max_body_bytes: int = 8 * 1024 * 1024  # one tx + blob, hex in JSON
     max_batch_body_bytes: int = 32 * 1024 * 1024
     max_batch_txs: int = 5000
+    #: Request-body bytes held at once by all requests together (see ``BodyBudget``).
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
+    #: Submissions processed at once; more wait in line (see ``create_app``).
+    max_concurrent_writes: int = 4
     signed_read_max_age_s: float = 60.0
     signed_read_max_skew_s: float = 5.0  # how far in the future a timestamp may be
     replay_cache_size: int = 100_000
@@ -84,9 +145,14 @@ _TX_SCHEMA: dict[str, Any] = {
     "required": ["tx"],
     "additionalProperties": False,
     "properties": {
-        "tx": {"type": "string", "description": "canonical tx bytes, lowercase hex"},
+        "tx": {
+            "type": "string",
+            "pattern": HEX_BYTES_PATTERN,
+            "description": "canonical tx bytes, lowercase hex",
+        },
         "blob": {
             "type": ["string", "null"],
+            "pattern": HEX_BYTES_PATTERN,
             "description": "sidecar blob, lowercase hex (AnchorRecord, KeyRelease)",
         },
     },
@@ -131,20 +197,34 @@ def parse_hex(
     return bytes.fromhex(value)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with ``TooLargeError`` as soon as it passes ``limit``."""
+#: Where a request records the body bytes it holds of the budget (released by ``_Route``).
+_RESERVED = "medledger.body_bytes_reserved"
+
+
+async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
+    """The request body, refused with ``TooLargeError`` as soon as it passes ``limit``.
+
+    With a ``budget``, every chunk is reserved as it arrives (``BusyError``
+    when the budget is spent) and recorded in the request's scope; whoever
+    drives the handler releases it (``_Route`` does, after the answer).
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isascii() or not declared.isdigit():
             raise DecodeError("content-length: not a number")
         if int(declared) > limit:
             raise TooLargeError(f"body of {declared} bytes exceeds limit of {limit}")
+        if budget is not None:
+            budget.check_room(int(declared))  # cannot fit: refused before a byte is read
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise TooLargeError(f"body exceeds limit of {limit} bytes")
+        if budget is not None:
+            budget.reserve(len(chunk))
+            request.scope[_RESERVED] = request.scope.get(_RESERVED, 0) + len(chunk)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -185,9 +265,10 @@ def method_label(method: str) -> str:
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-def _route_class(metrics: NodeMetrics) -> type[APIRoute]:
+def _route_class(metrics: NodeMetrics, budget: BodyBudget) -> type[APIRoute]:
     class _Route(APIRoute):
-        """Typed errors -> JSON, unexpected errors -> logged 500, every request counted."""
+        """Typed errors -> JSON, unexpected errors -> logged 500, every request counted,
+        the request's share of the body budget released once it is answered."""
 
         def get_route_handler(self) -> Handler:
             handler = super().get_route_handler()
@@ -199,8 +280,8 @@ def _route_class(metrics: NodeMetrics) -> type[APIRoute]:
                     response = await handler(request)
                 except LedgerError as exc:
                     response = ledger_error_response(exc)
-                except RequestValidationError:
-                    response = error_response(400, "MALFORMED", "invalid path or query parameter")
+                except RequestValidationError as exc:
+                    response = _validation_error(exc)
                 except StarletteHTTPException as exc:
                     response = _http_error(exc)
                 except Exception as exc:  # noqa: BLE001 - logged below, answered 500, never silent
@@ -212,6 +293,8 @@ def _route_class(metrics: NodeMetrics) -> type[APIRoute]:
                         "".join(traceback.format_tb(exc.__traceback__)),
                     )
                     response = error_response(500, "INTERNAL", "internal error")
+                finally:
+                    budget.release(request.scope.pop(_RESERVED, 0))
                 metrics.api_requests.labels(
                     route, method_label(request.method), str(response.status_code)
                 ).inc()
@@ -221,6 +304,19 @@ def _route_class(metrics: NodeMetrics) -> type[APIRoute]:
             return wrapped
 
     return _Route
+
+
+def _validation_error(exc: RequestValidationError) -> Response:
+    """400 naming the parameter(s) FastAPI refused; never the value (it may be anything)."""
+    names = sorted(
+        {
+            str(err["loc"][-1])
+            for err in exc.errors()
+            if isinstance(err, dict) and err.get("loc") and err["loc"][0] in ("path", "query")
+        }
+    )
+    detail = f": {', '.join(names)}" if names else ""
+    return error_response(400, "MALFORMED", f"invalid path or query parameter{detail}")
 
 
 def _http_error(exc: StarletteHTTPException) -> Response:
@@ -259,7 +355,14 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.router.route_class = _route_class(m)
+    budget = BodyBudget(s.max_inflight_body_bytes)
+    app.router.route_class = _route_class(m, budget)
+    # Submissions (decoding, signature checks) are processed at most this many
+    # at a time, first come first served, once their bodies are in. The API
+    # shares the node's one event loop with consensus: sixteen clients posting
+    # at once left the replica so few turns that its node fell views behind
+    # and the network stopped committing.
+    writers = trio.CapacityLimiter(s.max_concurrent_writes)
 
     @app.exception_handler(StarletteHTTPException)
     async def _unrouted(request: Request, exc: StarletteHTTPException) -> Response:
@@ -268,10 +371,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(400, "MALFORMED", "invalid path or query parameter")
+        return _validation_error(exc)
 
     async def signed_reader(request: Request) -> bytes:
-        body = await read_body(request, s.max_body_bytes)
+        body = await read_body(request, s.max_body_bytes, budget)
         target = request.scope.get("raw_path") or request.url.path.encode()
         query = request.scope.get("query_string") or b""
         if query:
@@ -322,12 +425,13 @@ def create_app(
         responses={400: _ERROR_DOC, 413: _ERROR_DOC, 422: _ERROR_DOC, 503: _ERROR_DOC},
     )
     async def submit_tx(request: Request) -> Response:
-        body = await read_body(request, s.max_body_bytes)
-        tx, blob = _tx_item(_decode_json(body, TxIn))
-        try:
-            txh = await facade.submit(tx, blob)
-        except AlreadyKnownError as exc:  # idempotent: same answer as the first time
-            return json_response({"hash": exc.tx_hash, "duplicate": True}, 202)
+        body = await read_body(request, s.max_body_bytes, budget)
+        async with writers:
+            tx, blob = _tx_item(_decode_json(body, TxIn))
+            try:
+                txh = await facade.submit(tx, blob)
+            except AlreadyKnownError as exc:  # idempotent: same answer as the first time
+                return json_response({"hash": exc.tx_hash, "duplicate": True}, 202)
         return json_response({"hash": txh}, 202)
 
     @app.post(
@@ -337,12 +441,13 @@ def create_app(
         responses={400: _ERROR_DOC, 413: _ERROR_DOC, 503: _ERROR_DOC},
     )
     async def submit_batch(request: Request) -> Response:
-        body = await read_body(request, s.max_batch_body_bytes)
-        batch: BatchIn = _decode_json(body, BatchIn)
-        if len(batch.txs) > s.max_batch_txs:
-            raise TooLargeError(f"batch of {len(batch.txs)} txs exceeds {s.max_batch_txs}")
-        items = [_tx_item(item) for item in batch.txs]
-        results = await facade.submit_batch(items)
+        body = await read_body(request, s.max_batch_body_bytes, budget)
+        async with writers:
+            batch: BatchIn = _decode_json(body, BatchIn)
+            if len(batch.txs) > s.max_batch_txs:
+                raise TooLargeError(f"batch of {len(batch.txs)} txs exceeds {s.max_batch_txs}")
+            items = [_tx_item(item) for item in batch.txs]
+            results = await facade.submit_batch(items)
         out: list[dict[str, Any]] = []
         for result in results:
             if isinstance(result, AlreadyKnownError):
@@ -361,15 +466,24 @@ def create_app(
         summary="a registered identity's role and next nonce (committed and with pending txs)",
         responses={400: _ERROR_DOC, 404: _ERROR_DOC},
     )
-    async def account(key: str) -> Response:
+    async def account(key: KeyPath) -> Response:
         return json_response(await facade.account(parse_hex(key, "key", size=32)))
+
+    @app.api_route(
+        "/v1/txs/batch",
+        methods=["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def batch_other_methods() -> Response:
+        """Without this, ``GET /v1/txs/batch`` would reach ``/v1/txs/{tx_hash}`` (a 400)."""
+        raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
 
     @app.get(
         "/v1/txs/{tx_hash}",
         summary="pending | committed (height, index, result code) | unknown",
         responses={400: _ERROR_DOC},
     )
-    async def tx_status(tx_hash: str, prove: bool = False) -> Response:
+    async def tx_status(tx_hash: TxHashPath, prove: bool = False) -> Response:
         txh = parse_hex(tx_hash, "tx hash", size=HASH_SIZE)
         return json_response(await facade.tx_status(txh, prove))
 
@@ -382,7 +496,7 @@ def create_app(
         summary="{hash, header, tx_hashes, certificate}",
         responses={400: _ERROR_DOC, 404: _ERROR_DOC},
     )
-    async def block(height: str) -> Response:
+    async def block(height: HeightPath) -> Response:
         if not height.isascii() or not height.isdigit() or len(height) > 19:
             raise DecodeError("height: expected a non-negative integer")
         return json_response(await facade.block(int(height)))
@@ -395,7 +509,9 @@ def create_app(
             400: _ERROR_DOC, 401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC, 410: _ERROR_DOC
         },
     )
-    async def read_record(request: Request, record_id: str, access: str | None = None) -> Response:
+    async def read_record(
+        request: Request, record_id: RecordIdPath, access: AccessQuery = None
+    ) -> Response:
         rid = parse_hex(record_id, "record id", sizes=range(16, 33))
         access_tx = parse_hex(access, "access", size=HASH_SIZE) if access is not None else None
         reader = await signed_reader(request)
@@ -407,10 +523,11 @@ def create_app(
         description=_SIGNED_DOC,
         responses={400: _ERROR_DOC, 401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC},
     )
-    async def patient_audit(request: Request, patient_id: str) -> Response:
+    async def patient_audit(request: Request, patient_id: PatientPath) -> Response:
         patient = parse_hex(patient_id, "patient id", size=32)
         reader = await signed_reader(request)
         return json_response(await facade.patient_audit(patient, reader))
 
     app.state.replay_cache = replay  # for statistics and tests
+    app.state.body_budget = budget
     return app

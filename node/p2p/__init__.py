@@ -7,8 +7,10 @@ frame codec and the host builder; everything else is private.
 from node.p2p._framing import FrameError, FrameReader, FrameTooLargeError, encode_frame
 from node.p2p._host import apply_yamux_tuning, build_host, peer_id_from_public_key
 from node.p2p._transport import (
+    BLOB_PROTOCOL,
     CONSENSUS_PROTOCOL,
     SYNC_PROTOCOL,
+    TX_PUSH_PROTOCOL,
     PeerStatistics,
     PeerUnavailableError,
     Transport,
@@ -19,8 +21,10 @@ from node.p2p._transport import (
 )
 
 __all__ = [
+    "BLOB_PROTOCOL",
     "CONSENSUS_PROTOCOL",
     "SYNC_PROTOCOL",
+    "TX_PUSH_PROTOCOL",
     "FrameError",
     "FrameReader",
     "FrameTooLargeError",

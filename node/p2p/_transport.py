@@ -6,8 +6,10 @@ stream per peer carries over a thousand messages a second where gossipsub
 carries a few hundred, and gossipsub cannot address one peer. So PBFT messages
 go on one long-lived outbound stream per peer (protocol
 ``/medledger/consensus/1``); state transfer is request/response on one reused
-stream per peer (``/medledger/sync/1``); and only client transactions, in
-batches, ride gossipsub.
+stream per peer (``/medledger/sync/1``), and so is the fetch of a record's
+blob (``/medledger/blob/1``, a stream of its own so that a large answer on one
+never queues behind the other); and only client transactions, in batches,
+ride gossipsub.
 
 Backpressure and loss are explicit, never silent:
 
@@ -41,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import multiaddr
@@ -50,7 +53,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.exceptions import RateLimitError
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub import pubsub as pubsub_module
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -64,8 +66,10 @@ from node.p2p._framing import FrameError, FrameReader, encode_frame
 from node.p2p._host import build_host, peer_id_from_public_key
 
 __all__ = [
+    "BLOB_PROTOCOL",
     "CONSENSUS_PROTOCOL",
     "SYNC_PROTOCOL",
+    "TX_PUSH_PROTOCOL",
     "PeerStatistics",
     "PeerUnavailableError",
     "Transport",
@@ -79,6 +83,11 @@ log = logging.getLogger(__name__)
 
 CONSENSUS_PROTOCOL = TProtocol("/medledger/consensus/1")
 SYNC_PROTOCOL = TProtocol("/medledger/sync/1")
+BLOB_PROTOCOL = TProtocol("/medledger/blob/1")
+#: Txs too large for a gossip message, pushed to each validator (node.txpush).
+TX_PUSH_PROTOCOL = TProtocol("/medledger/txpush/1")
+#: Request/response protocols served through :meth:`Transport.set_request_handler`.
+REQUEST_PROTOCOLS: tuple[TProtocol, ...] = (SYNC_PROTOCOL, BLOB_PROTOCOL, TX_PUSH_PROTOCOL)
 
 #: Gossipsub's own limit on one RPC (LIBP2P_NOTES pitfall 8: larger is dropped silently).
 GOSSIP_MAX_RPC_BYTES = 1024 * 1024
@@ -188,6 +197,15 @@ class _Counters:
 
 
 @dataclass(eq=False)
+class _RequestChannel:
+    """The reused outbound stream of one request/response protocol to one peer."""
+
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    stream: Any = None
+    reader: FrameReader | None = None
+
+
+@dataclass(eq=False)
 class _Peer:
     """Everything this node keeps about one other validator. Owned by the Transport."""
 
@@ -206,9 +224,7 @@ class _Peer:
     generation: int = 0
     _queue_event: trio.Event = field(default_factory=trio.Event)
     _change_event: trio.Event = field(default_factory=trio.Event)
-    req_lock: trio.Lock = field(default_factory=trio.Lock)
-    req_stream: Any = None
-    req_reader: FrameReader | None = None
+    requests: dict[TProtocol, _RequestChannel] = field(default_factory=dict)
 
     def notify_queue(self) -> None:
         self._queue_event.set()
@@ -324,7 +340,7 @@ class Transport:
             config.gossip_publish_queue
         )
         self._reject_send, self._reject_recv = trio.open_memory_channel[Any](64)
-        self._request_handler: RequestHandler | None = None
+        self._request_handlers: dict[TProtocol, RequestHandler] = {}
         self._host: Any = None
         self._pubsub: _CountingPubsub | None = None
         self._router: GossipSub | None = None
@@ -349,9 +365,16 @@ class Transport:
         peer.address = address
         peer.notify_change()
 
-    def set_request_handler(self, handler: RequestHandler) -> None:
-        """``handler(peer_public_key, request) -> response`` serves ``/medledger/sync/1``."""
-        self._request_handler = handler
+    def set_request_handler(
+        self, handler: RequestHandler, *, protocol: TProtocol = SYNC_PROTOCOL
+    ) -> None:
+        """``handler(peer_public_key, request) -> response`` serves ``protocol``.
+
+        ``protocol`` is one of :data:`REQUEST_PROTOCOLS` (default ``/medledger/sync/1``).
+        """
+        if protocol not in REQUEST_PROTOCOLS:
+            raise ValueError(f"{protocol} is not a request/response protocol")
+        self._request_handlers[protocol] = handler
 
     def connected_peers(self) -> list[bytes]:
         return [pk for pk, p in self._peers.items() if self._is_connected(p)]
@@ -396,8 +419,15 @@ class Transport:
             raise TooLargeError(f"batch of {len(data)} bytes exceeds limit of {self._gossip_max}")
         await self._publish_send.send(data)
 
-    async def request(self, public_key: bytes, data: bytes, *, timeout: float = 10.0) -> bytes:
-        """One request/response with a validator on its reused sync stream.
+    async def request(
+        self,
+        public_key: bytes,
+        data: bytes,
+        *,
+        timeout: float = 10.0,
+        protocol: TProtocol = SYNC_PROTOCOL,
+    ) -> bytes:
+        """One request/response with a validator on its reused stream of ``protocol``.
 
         Raises :class:`PeerUnavailableError` when the peer is down, too slow,
         or breaks the framing; the stream is then reset and reopened next time.
@@ -405,26 +435,29 @@ class Transport:
         peer = self._peers.get(public_key)
         if peer is None:
             raise PeerUnavailableError(f"{public_key.hex()[:16]}... is not a validator")
+        if protocol not in REQUEST_PROTOCOLS:
+            raise ValueError(f"{protocol} is not a request/response protocol")
+        channel = peer.requests.setdefault(protocol, _RequestChannel())
         self._counters.requests_sent += 1
-        async with peer.req_lock:
+        async with channel.lock:
             try:
                 with trio.fail_after(timeout):
-                    if peer.req_stream is None:
+                    if channel.stream is None:
                         if not await self._wait_connected(peer, timeout):
                             raise trio.TooSlowError
-                        peer.req_stream = await self._host.new_stream(peer.peer_id, [SYNC_PROTOCOL])
-                        peer.req_reader = FrameReader(
-                            peer.req_stream, self._config.max_message_bytes
+                        channel.stream = await self._host.new_stream(peer.peer_id, [protocol])
+                        channel.reader = FrameReader(
+                            channel.stream, self._config.max_message_bytes
                         )
-                    assert peer.req_reader is not None
-                    await peer.req_stream.write(encode_frame(data))
-                    response = await peer.req_reader.read_frame()
+                    assert channel.reader is not None
+                    await channel.stream.write(encode_frame(data))
+                    response = await channel.reader.read_frame()
                     if response is None:
                         raise EOFError("stream closed before the response")
                     return response
             except _REQUEST_ERRORS as exc:
                 self._counters.requests_failed += 1
-                await self._drop_request_stream(peer)
+                await self._drop_request_stream(channel)
                 raise PeerUnavailableError(
                     f"request to {public_key.hex()[:16]}... failed: {exc.__class__.__name__}"
                 ) from None
@@ -483,7 +516,8 @@ class Transport:
         self._host = host
         host.get_network().register_notifee(_Notifee(self))
         host.set_stream_handler(CONSENSUS_PROTOCOL, self._on_direct_stream)
-        host.set_stream_handler(SYNC_PROTOCOL, self._on_sync_stream)
+        for protocol in REQUEST_PROTOCOLS:
+            host.set_stream_handler(protocol, partial(self._on_request_stream, protocol))
         n_peers = max(1, len(self._peers))
         router = GossipSub(
             protocols=[PROTOCOL_ID_V11],
@@ -603,10 +637,9 @@ class Transport:
                 peer, _DIAL_GRACE_S
             ):
                 continue  # the peer with the smaller key dialled us, as it should
-            info = PeerInfo(peer.peer_id, [multiaddr.Multiaddr(peer.address.multiaddr())])
             try:
                 with trio.fail_after(self._config.dial_timeout_s):
-                    await self._host.connect(info)
+                    await self._dial(peer.peer_id, peer.address)
                 peer.dials += 1
                 peer.notify_change()
                 continue
@@ -617,6 +650,24 @@ class Transport:
             with trio.move_on_after(backoff):
                 await peer.wait_change()
             backoff = min(backoff * 2, self._config.dial_backoff_max_s)
+
+    async def _dial(self, peer_id: Any, address: HostPort) -> None:
+        """Dial a validator at the address the operator configured, and only there.
+
+        Not ``host.connect``: py-libp2p's ``dial_peer`` dials an address from its
+        peerstore, and every gossipsub RPC carries the sender's signed peer
+        record, whose addresses *replace* the ones we stored for that peer. A
+        node listening on ``0.0.0.0:26656`` advertises ``/ip4/0.0.0.0/tcp/26656``,
+        which in another container is that container's own listener: after a
+        validator restarted, its peers re-dialled themselves and failed the Noise
+        handshake, seeing their own key ("handshake failed when upgrading to
+        secure connection"). ``dial_peer`` also refuses every dial for 60 s after
+        one that failed (its negative peer cache), longer than our own backoff.
+        Dialling the configured address (genesis or ``p2p.peers``) avoids both;
+        what a peer says about its own address is never used.
+        """
+        network: Any = self._host.get_network()
+        await network.dial_addr(multiaddr.Multiaddr(address.multiaddr()), peer_id)
 
     # -- direct streams ----------------------------------------------------------------
 
@@ -701,9 +752,9 @@ class Transport:
         except _NET_ERRORS as exc:
             log.debug("stream from %s ended: %r", peer.public_key.hex()[:16], exc)
 
-    async def _on_sync_stream(self, stream: Any) -> None:
+    async def _on_request_stream(self, protocol: TProtocol, stream: Any) -> None:
         peer = self._authorize(stream)
-        handler = self._request_handler
+        handler = self._request_handlers.get(protocol)
         if peer is None or handler is None:
             await _reset_quietly(stream)
             return
@@ -718,10 +769,10 @@ class Transport:
             log.warning("bad request frame from %s: %s", peer.public_key.hex()[:16], exc)
             await _reset_quietly(stream)
         except _NET_ERRORS as exc:
-            log.debug("sync stream from %s ended: %r", peer.public_key.hex()[:16], exc)
+            log.debug("%s stream from %s ended: %r", protocol, peer.public_key.hex()[:16], exc)
 
-    async def _drop_request_stream(self, peer: _Peer) -> None:
-        stream, peer.req_stream, peer.req_reader = peer.req_stream, None, None
+    async def _drop_request_stream(self, channel: _RequestChannel) -> None:
+        stream, channel.stream, channel.reader = channel.stream, None, None
         if stream is not None:
             await _reset_quietly(stream)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.block import BlockHeader
@@ -36,6 +39,7 @@ from node.api import (
     create_app,
     serve_api,
 )
+from node.api.app import HEX_BYTES_PATTERN, hex_pattern, parse_hex
 from node.api.auth import ReplayCacheFullError
 from node.api.facade import AccountView
 from node.client import sign_request
@@ -208,6 +212,69 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
     }
     assert set(doc["paths"]) == expected
     assert "requestBody" in doc["paths"]["/v1/txs"]["post"]
+
+
+# (path, parameter, the byte sizes the handler's parse_hex accepts)
+HEX_PARAMS = [
+    ("/v1/accounts/{key}", "key", range(32, 33)),
+    ("/v1/txs/{tx_hash}", "tx_hash", range(32, 33)),
+    ("/v1/records/{record_id}", "record_id", range(16, 33)),
+    ("/v1/records/{record_id}", "access", range(32, 33)),
+    ("/v1/patients/{patient_id}/audit", "patient_id", range(32, 33)),
+]
+
+
+async def test_openapi_states_the_hex_shape_of_every_id(client: httpx.AsyncClient) -> None:
+    doc = json.loads((await client.get("/openapi.json")).content)
+    for path, name, sizes in HEX_PARAMS:
+        (param,) = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == name]
+        schema = param["schema"]
+        if "anyOf" in schema:  # an optional query parameter: string | null
+            schema = next(s for s in schema["anyOf"] if s.get("type") == "string")
+        assert schema["minLength"] == 2 * sizes.start, (path, name)
+        assert schema["maxLength"] == 2 * (sizes.stop - 1), (path, name)
+        for n in (sizes.start - 1, sizes.start, sizes.stop - 1, sizes.stop):
+            for value in ("ab" * n, "AB" * n, "ab" * n + "a"):
+                agrees = re.fullmatch(schema["pattern"].strip("^$"), value) is not None
+                assert agrees == (n in sizes and value.islower() and len(value) % 2 == 0)
+    body = doc["paths"]["/v1/txs"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["properties"]["tx"]["pattern"] == "^(?:[0-9a-f]{2})*$"
+    height = doc["paths"]["/v1/blocks/{height}"]["get"]["parameters"][0]["schema"]
+    assert height["pattern"] == "^[0-9]{1,19}$"
+
+
+@given(value=st.text(alphabet="0123456789abcdefABx", max_size=70))
+def test_hex_patterns_accept_exactly_what_parse_hex_accepts(value: str) -> None:
+    for sizes in (range(32, 33), range(16, 33)):
+        pattern = hex_pattern(sizes.start, sizes.stop - 1)
+        try:
+            parse_hex(value, "id", sizes=sizes)
+            parsed = True
+        except LedgerError:
+            parsed = False
+        assert (re.fullmatch(pattern.strip("^$"), value) is not None) == parsed
+    assert (re.fullmatch(HEX_BYTES_PATTERN.strip("^$"), value) is not None) == _parses(value)
+
+
+def _parses(value: str) -> bool:
+    try:
+        parse_hex(value, "tx")
+    except LedgerError:
+        return False
+    return True
+
+
+async def test_a_malformed_id_is_refused_naming_the_parameter(client: httpx.AsyncClient) -> None:
+    for target, name in (
+        ("/v1/accounts/" + "AB" * 32, "key"),
+        ("/v1/txs/" + "ab" * 31, "tx_hash"),
+        ("/v1/blocks/12x", "height"),
+        ("/v1/records/" + "ab" * 16 + "?access=" + SECRET, "access"),
+    ):
+        r = await client.get(target)
+        assert r.status_code == 400 and error_code(r) == "MALFORMED", target
+        message = r.json()["error"]["message"]
+        assert message.endswith(f": {name}") and SECRET not in message, message
 
 
 async def test_metrics_parse_and_count_requests(
@@ -562,3 +629,10 @@ async def test_submissions_through_a_real_mempool() -> None:
         assert r.status_code == 202 and r.json()["duplicate"] is True
         r = await c.post("/v1/txs", json={"tx": mempool_tx(100, 1, patient=9).hex()})
         assert r.status_code == 409 and error_code(r) == "NONCE_PENDING"
+
+
+async def test_batch_path_answers_405_to_other_methods(client: httpx.AsyncClient) -> None:
+    """``/v1/txs/batch`` is POST only; a GET must not fall through to ``/v1/txs/{tx_hash}``."""
+    for method in ("GET", "DELETE", "TRACE"):
+        r = await client.request(method, "/v1/txs/batch")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", method

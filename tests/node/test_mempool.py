@@ -235,6 +235,19 @@ async def test_update_evicts_committed_and_wakes_waiters() -> None:
     assert metrics.registry.get_sample_value("medledger_commit_latency_seconds_count") == 2
 
 
+def test_a_late_copy_of_a_committed_tx_is_refused_without_checks() -> None:
+    """A block can overtake the gossip of its txs: the late copy costs a hash lookup."""
+    mp, checker, metrics = pool()
+    committed = tx(1, 0)
+    mp.update(3, [tx_hash(committed)])  # learned from the block, never pending here
+    with pytest.raises(NonceReplayError, match="height 3"):
+        mp.add(committed, source="gossip")
+    assert checker.stateless_calls == 0 and checker.stateful_calls == 0
+    assert rejected(metrics, "NONCE_REPLAYED") == 1 and len(mp) == 0
+    mp.add(tx(1, 1))  # the sender's next tx is admitted as usual
+    assert checker.stateless_calls == 1
+
+
 async def test_recheck_evicts_invalid_and_tells_the_waiter() -> None:
     mp, checker, metrics = pool()
     keep = mp.add(tx(1, 0))
@@ -274,6 +287,21 @@ def test_recheck_is_bounded_and_resumes() -> None:
     assert len(mp) == 1  # 4 of 5 rechecked (and evicted) in two budgets of 2
     mp.update(4, [])
     assert len(mp) == 0
+
+
+def test_recheck_work_follows_the_block_not_the_backlog() -> None:
+    mp, checker, _ = pool(recheck_per_committed=2, recheck_min=3, max_nonces_ahead=100)
+    pending = [mp.add(tx(1, n)) for n in range(1, 21)]  # 20 txs behind sender 1's nonce 0
+    for h in pending:
+        checker.refuse[h] = UnauthorizedError("x")  # every recheck evicts
+    calls = checker.stateful_calls
+    mp.update(1, [bytes([i]) * 32 for i in range(4)])  # a block of 4 others' txs
+    assert checker.stateful_calls - calls == 8 and len(mp) == 12  # 2 x 4, not all 20
+    mp.update(2, [])
+    assert len(mp) == 9  # recheck_min for a block without txs of ours
+    for height in range(3, 6):
+        mp.update(height, [])
+    assert len(mp) == 0  # every pending tx had its turn
 
 
 def test_unincludable_txs_expire() -> None:
@@ -481,12 +509,12 @@ def test_settings_from_node_config() -> None:
     assert settings.gossip_batch_interval_s == cfg.p2p.gossip_batch_interval_s
 
 
-async def test_too_large_for_gossip_is_counted_not_published() -> None:
-    mp, _, metrics = pool(max_batch_message_bytes=1000)
+async def test_too_large_for_gossip_goes_to_the_direct_outbox_not_to_gossip() -> None:
+    mp, _, _metrics = pool(max_batch_message_bytes=1000)
     txh = await mp.submit(tx(1, 0), b"\x00" * 2000)
-    assert txh in mp  # still pending: it can be proposed by this node
+    assert txh in mp  # pending here, and pushed to every validator by node.txpush
     assert mp.statistics().outbox_queued == 0
-    dropped = metrics.registry.get_sample_value(
-        "medledger_p2p_messages_dropped_total", {"reason": "too_large_for_gossip"}
-    )
-    assert dropped == 1
+    pushed = mp.direct_outbox.receive_nowait()
+    assert pushed == (tx(1, 0), b"\x00" * 2000)
+
+

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from libp2p.peer.peerstore import PeerStoreError
 
 from ledger.errors import TooLargeError
 from ledger.keys import KeyPair
@@ -25,6 +26,7 @@ from node.p2p import (
     PeerUnavailableError,
     Transport,
     encode_frame,
+    peer_id_from_public_key,
 )
 
 DEADLINE_S = 20.0
@@ -100,8 +102,11 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, nursery: trio.Nursery, n: int, psk: bytes | None) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, n: int, psk: bytes | None, listen_host: str = "127.0.0.1"
+    ) -> None:
         self.nursery = nursery
+        self.listen_host = listen_host
         self.keys = [KeyPair.from_seed(bytes([i + 1]) * 32) for i in range(n)]
         self.psk = psk
         self.config: P2PConfig = dataclasses.replace(
@@ -113,7 +118,7 @@ class Cluster:
         return {k.public_key: None for k in self.keys}
 
     async def start_node(self, key: KeyPair, port: int = 0, **kw: Any) -> Node:
-        cfg = dataclasses.replace(self.config, listen=HostPort("127.0.0.1", port))
+        cfg = dataclasses.replace(self.config, listen=HostPort(self.listen_host, port))
         validators = kw.pop("validators", None) or self.validators()
         t = Transport(cfg, key, validators, chain_id=CHAIN, private_network_key=self.psk, **kw)
         scope = trio.CancelScope()
@@ -129,7 +134,7 @@ class Cluster:
         for a in self.nodes:
             for b in self.nodes:
                 if a is not b:
-                    a.transport.set_peer_address(b.key.public_key, b.address)
+                    a.transport.set_peer_address(b.key.public_key, dialable(b.address))
 
     async def wait_connected(self) -> None:
         n = len(self.nodes) - 1
@@ -139,10 +144,17 @@ class Cluster:
         )
 
 
+def dialable(address: HostPort) -> HostPort:
+    """Where to dial a node of this process: loopback, also when it listens on 0.0.0.0."""
+    return HostPort("127.0.0.1", address.port)
+
+
 @asynccontextmanager
-async def cluster(n: int = 4, psk: bytes | None = None) -> AsyncIterator[Cluster]:
+async def cluster(
+    n: int = 4, psk: bytes | None = None, listen_host: str = "127.0.0.1"
+) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
-        c = Cluster(nursery, n, psk)
+        c = Cluster(nursery, n, psk, listen_host)
         for key in c.keys:
             c.nodes.append(await c.start_node(key))
         c.introduce()
@@ -305,6 +317,62 @@ async def test_restarted_host_is_redialled() -> None:
         sender.transport.send_to(victim.key.public_key, b"after")
         got = await receive_n(restarted.transport, 1)
         assert got == [(sender.key.public_key, b"after")]
+
+
+def _advertised_only(t: Transport, peer: KeyPair, configured: HostPort) -> bool:
+    """Whether ``t``'s libp2p peerstore knows ``peer`` only at addresses it advertised."""
+    try:
+        addrs = [
+            str(a) for a in t._host.get_peerstore().addrs(peer_id_from_public_key(peer.public_key))
+        ]
+    except PeerStoreError:
+        return False
+    return bool(addrs) and not any(a.startswith(configured.multiaddr()) for a in addrs)
+
+
+async def test_peer_is_redialled_at_its_configured_address_not_the_advertised_one() -> None:
+    """Reproduces the docker perturbation failure (issue 5) without docker.
+
+    Every gossipsub RPC carries its sender's signed peer record, and py-libp2p
+    then replaces the peerstore's addresses of that peer with the record's, the
+    addresses the peer advertises for itself. A node listening on 0.0.0.0
+    advertises ``/ip4/0.0.0.0/tcp/PORT``; in a container every node listens on
+    0.0.0.0:26656, which from any other container is the dialler itself, so the
+    re-dial after a peer restarted reached our own listener and failed the Noise
+    handshake. Here the advertised address is stale instead of ours: the victim
+    comes back on a new port and knows nobody's address, so only the survivors'
+    dials, to the address the operator configured, can bring it back.
+    """
+    async with cluster(4, listen_host="0.0.0.0") as c:
+        victim = c.nodes[3]
+        survivors = c.nodes[:3]
+        old = dialable(victim.address)
+
+        async def records_consumed() -> None:
+            with trio.fail_after(DEADLINE_S):
+                while not all(_advertised_only(s.transport, victim.key, old) for s in survivors):
+                    await victim.transport.publish_batch(b"my signed peer record rides along")
+                    await trio.sleep(0.05)
+
+        await records_consumed()
+        victim.scope.cancel()
+        await wait_until(
+            lambda: all(
+                victim.key.public_key not in s.transport.connected_peers() for s in survivors
+            ),
+            "the survivors to notice the stop",
+        )
+        alone = {k.public_key: None for k in c.keys}
+        restarted = await c.start_node(victim.key, validators=alone)
+        assert restarted.address.port != old.port
+        c.nodes[3] = restarted
+        for s in survivors:
+            s.transport.set_peer_address(victim.key.public_key, dialable(restarted.address))
+        await c.wait_connected()
+        survivors[0].transport.send_to(victim.key.public_key, b"found you")
+        assert await receive_n(restarted.transport, 1) == [
+            (survivors[0].key.public_key, b"found you")
+        ]
 
 
 async def test_request_response_on_a_reused_stream() -> None:
