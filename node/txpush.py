@@ -18,13 +18,14 @@ that commits it without the blob fetches the blob afterwards
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
 from ledger.blob import MAX_BLOB_SIZE
 from ledger.errors import LedgerError
+from node.clinical.blobfetch_service import RequestTransport
 from node.mempool import Mempool, encode_batch
 from node.metrics import NodeMetrics
 from node.p2p import TX_PUSH_PROTOCOL, PeerUnavailableError
@@ -41,25 +42,13 @@ _ATTEMPTS = 4
 _BACKOFF_S = 0.5
 
 
-class PushTransport(Protocol):
-    def connected_peers(self) -> list[bytes]: ...
-
-    def set_request_handler(
-        self, handler: Callable[[bytes, bytes], Awaitable[bytes]], *, protocol: Any = ...
-    ) -> None: ...
-
-    async def request(
-        self, public_key: bytes, data: bytes, *, timeout: float = ..., protocol: Any = ...
-    ) -> bytes: ...
-
-
 class TxPushService:
     """Sends the mempool's oversized items to validators and admits theirs."""
 
     def __init__(
         self,
         mempool: Mempool,
-        transport: PushTransport,
+        transport: RequestTransport,
         metrics: NodeMetrics,
         *,
         validators: Sequence[bytes],

@@ -9,7 +9,7 @@ so a phase that lost txs does not leave the next one with a nonce gap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +67,19 @@ def set_block_interval(net: LocalTestnet, seconds: float) -> None:
         node.config_path.write_text(text + f"\n[consensus]\nblock_interval_s = {seconds!r}\n")
 
 
+def wait_drained(
+    status: Callable[[int], dict[str, Any]], nodes: Sequence[int], *, timeout: float
+) -> None:
+    """Until no listed node holds pending txs and all are at one height."""
+
+    def drained() -> bool:
+        sts = [status(i) for i in nodes]
+        pending = sum(int(s.get("extra", {}).get("mempool_txs", 0)) for s in sts)
+        return pending == 0 and len({int(s["height"]) for s in sts}) == 1
+
+    wait_for(drained, timeout=timeout, interval=0.2, what="mempools to drain")
+
+
 class BenchNet:
     """A running local testnet plus what clients and the report need to know."""
 
@@ -118,13 +131,7 @@ class BenchNet:
 
     def wait_drained(self, nodes: Sequence[int], *, timeout: float) -> None:
         """Until no listed node holds pending txs and all are at one height."""
-
-        def drained() -> bool:
-            sts = [self.status(i) for i in nodes]
-            pending = sum(int(s.get("extra", {}).get("mempool_txs", 0)) for s in sts)
-            return pending == 0 and len({int(s["height"]) for s in sts}) == 1
-
-        wait_for(drained, timeout=timeout, interval=0.2, what="mempools to drain")
+        wait_drained(self.status, nodes, timeout=timeout)
 
     def pid(self, i: int) -> int:
         proc = self.t.nodes[i].proc

@@ -24,8 +24,9 @@ import httpx
 
 from ledger.keys import KeyPair
 from node.config import ConfigError, load_config
-from node.runner import TestnetError, wait_for
+from node.runner import TestnetError
 
+from ._net import wait_drained
 from ._procfs import (
     ProcStats,
     cmdline,
@@ -195,12 +196,7 @@ class RemoteNet:
         return [(k, int(self._account(k, lane)["next_nonce"])) for lane, k in enumerate(self.orgs)]
 
     def wait_drained(self, nodes: Sequence[int], *, timeout: float) -> None:
-        def drained() -> bool:
-            sts = [self.status(i) for i in nodes]
-            pending = sum(int(s.get("extra", {}).get("mempool_txs", 0)) for s in sts)
-            return pending == 0 and len({int(s["height"]) for s in sts}) == 1
-
-        wait_for(drained, timeout=timeout, interval=0.2, what="mempools to drain")
+        wait_drained(self.status, nodes, timeout=timeout)
 
     def pid(self, i: int) -> int:
         proc = self.procs[i]

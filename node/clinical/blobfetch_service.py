@@ -85,7 +85,8 @@ class FetchStore(ReadStore, Protocol):
 
 
 class RequestTransport(Protocol):
-    """The part of :class:`node.p2p.Transport` the blob fetch needs."""
+    """The part of :class:`node.p2p.Transport` request/response services need
+    (blob fetch, and :mod:`node.txpush`)."""
 
     def connected_peers(self) -> list[bytes]: ...
 
