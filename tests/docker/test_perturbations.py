@@ -67,7 +67,8 @@ from .helpers import (
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 N = 4
-#: Offered load, tx/s over all hospitals (modest: see the lead's NEW-VIEW size bug).
+#: Offered load, tx/s over all hospitals: modest, so recovery times measure the faults,
+#: not a backlog on this 2-core machine.
 RATE = 50.0
 #: At most this many uncommitted txs per hospital (the mempool allows 64 nonces ahead).
 WINDOW = 48
