@@ -122,6 +122,12 @@ class NodeParts:
 #: (node/inbox.py); the service's own input channel stays short, so a message
 #: picked from a fair turn is not queued again behind a flood.
 _INBOX_PER_SENDER = 512
+#: A tx pending this long is gossiped again by every node that holds it: well
+#: above submit-to-commit latency (~0.5 s at 1,000 tx/s), so only txs that may
+#: have missed a validator go again. At most REANNOUNCE_MAX txs per round.
+REANNOUNCE_AFTER_S = 3.0
+REANNOUNCE_EVERY_S = 1.0
+REANNOUNCE_MAX = 512
 _SERVICE_INPUT = 64
 
 
@@ -271,6 +277,7 @@ class Node:
                 await nursery.start(p.mempool.run_gossip, p.transport.publish_batch)
                 nursery.start_soon(self._refresh_gauges)
                 nursery.start_soon(self._poke_proposer)
+                nursery.start_soon(self._reannounce)
                 await nursery.start(partial(run_stall_watchdog, metrics=p.metrics))
                 api = create_app(
                     NodeFacadeImpl(self),
@@ -358,6 +365,13 @@ class Node:
             await trio.sleep(interval)
             if p.app.has_pending():
                 p.service.notify_pending()
+
+    async def _reannounce(self) -> None:
+        """Gossip long-pending txs again: gossip is origin-only (see ``node.p2p``)."""
+        mempool = self.parts.mempool
+        while True:
+            await trio.sleep(REANNOUNCE_EVERY_S)
+            mempool.reannounce_stale(REANNOUNCE_AFTER_S, REANNOUNCE_MAX)
 
     async def _refresh_gauges(self) -> None:
         """Carry the transport's and replica's own counters into Prometheus once a second.

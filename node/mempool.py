@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -261,8 +261,10 @@ class _Entry:
     admitted_at: float
     size: int = field(init=False)
     blob_size: int = field(init=False)
+    announced_at: float = field(init=False)  # last time we gossiped it (or admitted it)
 
     def __post_init__(self) -> None:
+        self.announced_at = self.admitted_at
         self.size = len(self.pending.data)
         self.blob_size = len(self.pending.blob) if self.pending.blob is not None else 0
 
@@ -318,6 +320,7 @@ class Mempool:
         self._rejected_total = 0
         self._evicted_total = 0
         self._batches_total = 0
+        self._accepted_by_source: dict[Source, Any] = {}  # labelled counters, looked up once
 
     # -- admission ---------------------------------------------------------------
 
@@ -327,6 +330,12 @@ class Mempool:
         Raises :class:`AlreadyKnownError` for a tx already pending, and a typed
         :class:`~ledger.errors.LedgerError` for every refusal.
         """
+        txh = self._add(tx_bytes, blob, source)
+        self._update_gauges()
+        return txh
+
+    def _add(self, tx_bytes: bytes, blob: bytes | None, source: Source) -> bytes:
+        """:meth:`add` without the gauges: batch callers set them once per batch."""
         try:
             txh = self._admit(tx_bytes, blob)
         except AlreadyKnownError:
@@ -339,8 +348,10 @@ class Mempool:
                 self._metrics.invalid_signatures.labels("tx").inc()
             raise
         self._accepted_total += 1
-        self._metrics.txs_accepted.labels(source).inc()
-        self._update_gauges()
+        counter = self._accepted_by_source.get(source)
+        if counter is None:
+            counter = self._accepted_by_source[source] = self._metrics.txs_accepted.labels(source)
+        counter.inc()
         return txh
 
     def _admit(self, tx_bytes: bytes, blob: bytes | None) -> bytes:
@@ -408,15 +419,19 @@ class Mempool:
     ) -> list[bytes | LedgerError]:
         """:meth:`submit` for a batch: one result (hash or error) per item, in order."""
         results: list[bytes | LedgerError] = []
-        for n, (tx_bytes, blob) in enumerate(items):
-            if n % 64 == 63:
-                await trio.lowlevel.checkpoint()  # signature checks: let others run
-            try:
-                results.append(self.add(tx_bytes, blob, source="local"))
-            except LedgerError as exc:
-                results.append(exc)
-                continue
-            await self._queue_gossip(tx_bytes, blob)
+        try:
+            for n, (tx_bytes, blob) in enumerate(items):
+                if n % 64 == 63:
+                    self._update_gauges()
+                    await trio.lowlevel.checkpoint()  # signature checks: let others run
+                try:
+                    results.append(self._add(tx_bytes, blob, "local"))
+                except LedgerError as exc:
+                    results.append(exc)
+                    continue
+                await self._queue_gossip(tx_bytes, blob)
+        finally:
+            self._update_gauges()
         return results
 
     async def _queue_gossip(self, tx_bytes: bytes, blob: bytes | None) -> None:
@@ -447,16 +462,20 @@ class Mempool:
         """
         batch = decode_batch(data, max_bytes or self.settings.max_batch_message_bytes)
         accepted = duplicates = rejected = 0
-        for n, item in enumerate(batch.items):
-            if n % 64 == 63:
-                await trio.lowlevel.checkpoint()
-            try:
-                self.add(item.tx, item.blob, source=source)
-                accepted += 1
-            except AlreadyKnownError:
-                duplicates += 1
-            except LedgerError:
-                rejected += 1
+        try:
+            for n, item in enumerate(batch.items):
+                if n % 64 == 63:
+                    self._update_gauges()
+                    await trio.lowlevel.checkpoint()
+                try:
+                    self._add(item.tx, item.blob, source)
+                    accepted += 1
+                except AlreadyKnownError:
+                    duplicates += 1
+                except LedgerError:
+                    rejected += 1
+        finally:
+            self._update_gauges()
         return BatchOutcome(accepted, duplicates, rejected)
 
     # -- queries -------------------------------------------------------------------
@@ -756,6 +775,47 @@ class Mempool:
                 self._metrics.gossip_batch_bytes.observe(len(data))
                 if closed:
                     return
+
+    def reannounce_stale(self, after_s: float, limit: int) -> int:
+        """Gossip again up to ``limit`` pending txs not announced for ``after_s``; oldest first.
+
+        Gossip is origin-only (:mod:`node.p2p`): a tx reaches the validators
+        its origin is connected to when it is submitted, and nobody relays it.
+        A tx still pending long after that may have missed one (a link that
+        was down, a peer not yet in the gossip mesh after a restart); so every
+        node that holds it, not only its origin, announces it once more, and a
+        broken link between the origin and the primary is bridged by the
+        others. Receivers that have it drop the copy on a hash lookup. Bounded
+        by ``limit`` per call and by the outbox's free room (never waits), so
+        a backlog under overload costs at most ``limit`` re-sent txs per call.
+        Returns how many were queued.
+        """
+        if limit <= 0:
+            return 0
+        now = self._clock()
+        cutoff = now - after_s
+        queued = 0
+        for entry in self._by_hash.values():  # arrival order
+            if entry.admitted_at > cutoff:
+                break  # announced_at >= admitted_at: nothing younger qualifies
+            if entry.announced_at > cutoff:
+                continue
+            pending = entry.pending
+            if _item_size(pending.data, pending.blob) + _ITEM_OVERHEAD > (
+                self.settings.max_batch_message_bytes
+            ):
+                continue  # pushed directly to each validator (node.txpush), not gossiped
+            try:
+                self._outbox_send.send_nowait((pending.data, pending.blob))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            entry.announced_at = now
+            queued += 1
+            if queued >= limit:
+                break
+        if queued:
+            self._metrics.gossip_reannounced.inc(queued)
+        return queued
 
     def close_outbox(self) -> None:
         """Stop accepting gossip; :meth:`run_gossip` flushes what is queued and returns."""

@@ -203,6 +203,10 @@ class NodeMetrics:
         self.gossip_batches = f.counter(
             "mempool_gossip_batches_total", "Transaction batches handed to gossip."
         )
+        self.gossip_reannounced = f.counter(
+            "mempool_gossip_reannounced_total",
+            "Pending txs gossiped again because they waited long (gossip is not relayed).",
+        )
         self.gossip_batch_bytes = f.histogram(
             "mempool_gossip_batch_bytes",
             "Encoded size of gossiped tx batches.",

@@ -74,6 +74,11 @@ class LevelDBKV:
                 create_if_missing=create,
                 paranoid_checks=True,
                 compression=None,
+                # Most point reads on the hot path ask for keys that do not exist
+                # (a tx hash not yet committed, a patient not yet registered); a
+                # bloom filter answers them from memory (~1.25 bytes per key)
+                # instead of reading a block of every table that might hold them.
+                bloom_filter_bits=10,
             )
         except plyvel.CorruptionError as exc:
             raise CorruptionError(f"LevelDB at {self.path} is corrupt: {_msg(exc)}") from None

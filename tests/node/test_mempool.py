@@ -366,6 +366,51 @@ async def test_gossip_batches_by_size(mock_clock: trio.testing.MockClock) -> Non
     assert metrics.registry.get_sample_value("medledger_mempool_gossip_batches_total") == 3
 
 
+def test_reannounce_gossips_only_stale_txs_oldest_first_and_bounded() -> None:
+    now = [0.0]
+    checker = FakeChecker()
+    metrics = NodeMetrics()
+    mp = Mempool(checker, MempoolSettings(outbox_size=8), metrics=metrics, clock=lambda: now[0])
+    old = [tx(i, 0) for i in range(5)]
+    for data in old:
+        mp.add(data)  # admitted, not queued for gossip: the outbox stays empty
+    now[0] = 2.0
+    young = tx(9, 0)
+    mp.add(young)
+
+    def drain() -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(mp._outbox_recv.receive_nowait()[0])
+            except trio.WouldBlock:
+                return out
+
+    now[0] = 2.9
+    assert mp.reannounce_stale(3.0, 100) == 0 and drain() == []
+    now[0] = 3.5
+    assert mp.reannounce_stale(3.0, 3) == 3  # bounded per call, oldest first
+    assert drain() == old[:3]
+    assert mp.reannounce_stale(3.0, 100) == 2  # the rest; the young one is not due
+    assert drain() == old[3:]
+    assert mp.reannounce_stale(3.0, 100) == 0  # each is announced once per period
+    now[0] = 5.1
+    assert mp.reannounce_stale(3.0, 100) == 1 and drain() == [young]
+    assert metrics.registry.get_sample_value("medledger_mempool_gossip_reannounced_total") == 6
+    now[0] = 20.0
+    for i in range(10, 16):
+        mp.add(tx(i, 0))
+    now[0] = 30.0  # all 12 are due; the outbox (8) bounds the round, and it never waits
+    assert mp.reannounce_stale(3.0, 100) == 8
+    assert len(drain()) == 8
+    mp.update(1, [tx_hash(d) for d in old])  # committed txs are never announced again
+    now[0] = 40.0
+    again = []
+    while mp.reannounce_stale(3.0, 100):
+        again += drain()
+    assert sorted(again) == sorted([young] + [tx(i, 0) for i in range(10, 16)])
+
+
 async def test_gossip_batches_by_time(mock_clock: trio.testing.MockClock) -> None:
     mp, _, _ = pool(gossip_batch_bytes=1 << 20, gossip_batch_interval_s=0.02)
     published: list[tuple[float, int]] = []

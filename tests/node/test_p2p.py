@@ -236,6 +236,33 @@ async def test_gossiped_batch_reaches_every_validator() -> None:
             await src.transport.publish_batch(b"x" * (c.config.gossip_batch_bytes + 1))
 
 
+async def test_gossip_sends_own_batches_to_all_and_relays_none() -> None:
+    """Origin-only gossip: in a full mesh of validators a relayed batch is a duplicate."""
+    async with cluster(4) as c:
+        await wait_until(
+            lambda: all(n.transport.statistics().gossip_mesh_peers == 3 for n in c.nodes),
+            "a full gossipsub mesh on every node",
+        )
+        node = c.nodes[0]
+        router = node.transport._router
+        assert router is not None and router.pubsub is not None
+        me, other = router.pubsub.my_id, c.nodes[1].transport._router.pubsub.my_id  # type: ignore[union-attr]
+        topic = node.transport._topic
+        assert len(set(router._get_peers_to_send([topic], msg_forwarder=me, origin=me))) == 3
+        assert not set(router._get_peers_to_send([topic], msg_forwarder=other, origin=other))
+        # end to end: every peer still gets each origin's batch exactly once
+        for i, src in enumerate(c.nodes):
+            await src.transport.publish_batch(b"from %d" % i)
+        for dst in c.nodes:
+            got = []
+            with trio.fail_after(DEADLINE_S):
+                for _ in range(3):
+                    got.append(await dst.transport.batches.receive())
+            assert sorted(d for _, d in got) == sorted(
+                b"from %d" % i for i, n in enumerate(c.nodes) if n is not dst
+            )
+
+
 async def test_batch_validator_rejects_and_counts() -> None:
     async with trio.open_nursery() as nursery:
         c = Cluster(nursery, 2, None)
