@@ -400,6 +400,7 @@ class Node:
                 ("invalid_frame", transport.frames_invalid),
                 ("gossip_rejected", transport.gossip_rejected),
                 ("gossip_dropped", transport.gossip_dropped),
+                ("gossip_peer_stalled", transport.gossip_stalled_peer_sends),
                 ("consensus_out_of_window", replica.dropped_out_of_window),
                 ("consensus_over_cap", replica.dropped_over_cap),
                 ("consensus_non_validator", replica.non_validator),

@@ -32,7 +32,9 @@ Backpressure and loss are explicit, never silent:
   than buffering without bound.
 * ``publish_batch`` waits for room in a bounded queue, and the publishing task
   waits until every peer's gossipsub outbound queue has room, because
-  gossipsub drops silently when that queue is full.
+  gossipsub drops silently when that queue is full; a peer congested for
+  ``GOSSIP_STALL_S`` (paused, wedged) is not waited for, and what it then
+  misses is counted.
 
 Only genesis validators may take part: every inbound connection from a peer
 id outside the allow-list is closed (and counted), every stream handler checks
@@ -106,6 +108,9 @@ SUBSCRIPTION_CHANNEL_SIZE = 1024
 #: Wait while any peer's gossipsub outbound queue is fuller than this fraction.
 _GOSSIP_QUEUE_HIGH_WATER = 0.5
 _GOSSIP_BACKPRESSURE_POLL_S = 0.002
+#: A peer whose gossip queue stays congested this long is treated as stalled
+#: (paused, wedged): publishing goes on without waiting for it.
+GOSSIP_STALL_S = 2.0
 _OPEN_STREAM_TIMEOUT_S = 10.0
 _WRITE_COALESCE_BYTES = 256 * 1024
 _CLOSE_TIMEOUT_S = 5.0
@@ -180,6 +185,8 @@ class TransportStatistics:
     gossip_rejected: int
     gossip_dropped: int
     gossip_backpressure_waits: int
+    #: Batches published without waiting for a stalled peer (lost for it once its queue is full).
+    gossip_stalled_peer_sends: int
     #: Validators in this node's gossipsub mesh for the batch topic.
     gossip_mesh_peers: int
     peers: tuple[PeerStatistics, ...]
@@ -204,6 +211,7 @@ class _Counters:
     gossip_rejected: int = 0
     gossip_dropped: int = 0
     gossip_backpressure_waits: int = 0
+    gossip_stalled_peer_sends: int = 0
 
 
 @dataclass(eq=False)
@@ -361,6 +369,7 @@ class Transport:
         self._own_peer_id = peer_id_from_public_key(self._public_key)
         self._allowed_ids = {*self._by_peer_id, self._own_peer_id}
         self._counters = _Counters()
+        self._gossip_congested_since: dict[Any, float] = {}  # peer id -> Trio time
         self._recv_send, self.messages = trio.open_memory_channel[tuple[bytes, bytes]](
             config.receive_queue_size
         )
@@ -530,6 +539,7 @@ class Transport:
             gossip_rejected=c.gossip_rejected,
             gossip_dropped=c.gossip_dropped + (self._pubsub.dropped if self._pubsub else 0),
             gossip_backpressure_waits=c.gossip_backpressure_waits,
+            gossip_stalled_peer_sends=c.gossip_stalled_peer_sends,
             gossip_mesh_peers=len(self._router.mesh.get(self._topic, ())) if self._router else 0,
             peers=peers,
         )
@@ -843,19 +853,39 @@ class Transport:
             self._counters.gossip_published += 1
 
     async def _wait_gossip_room(self, pubsub: _CountingPubsub) -> None:
-        """Wait until no peer's gossipsub outbound queue is over half full.
+        """Wait until no live peer's gossipsub outbound queue is over half full.
 
         py-libp2p drops an RPC silently when that queue (32 entries) is full
         (pitfall 6) and offers no event for "room again", so this polls
         briefly; it only polls while a queue is actually congested.
+
+        A peer congested for :data:`GOSSIP_STALL_S` without a break is not
+        waited for any more (until its queue drains): a paused or wedged
+        validator must not stop every other validator's txs from spreading,
+        which is the f = 1 fault the network is built to survive. What it
+        misses reaches it in the blocks it commits (and by re-announcement);
+        each batch published past it is counted.
         """
         waited = False
+        congested_since = self._gossip_congested_since
         while True:
-            fullest = 0.0
-            for queue in list(pubsub.peer_queues.values()):
+            now = trio.current_time()
+            live_congested = stalled = 0
+            for peer, queue in list(pubsub.peer_queues.items()):
                 cap = getattr(getattr(queue, "_queue", None), "max_size", 32) or 32
-                fullest = max(fullest, len(queue) / cap)
-            if fullest <= _GOSSIP_QUEUE_HIGH_WATER:
+                if len(queue) / cap <= _GOSSIP_QUEUE_HIGH_WATER:
+                    congested_since.pop(peer, None)
+                    continue
+                since = congested_since.setdefault(peer, now)
+                if now - since >= GOSSIP_STALL_S:
+                    stalled += 1
+                else:
+                    live_congested += 1
+            for gone in [p for p in congested_since if p not in pubsub.peer_queues]:
+                del congested_since[gone]
+            if not live_congested:
+                if stalled:
+                    self._counters.gossip_stalled_peer_sends += 1
                 return
             if not waited:
                 self._counters.gossip_backpressure_waits += 1

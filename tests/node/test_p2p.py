@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from libp2p.peer.peerstore import PeerStoreError
 
 from ledger.errors import TooLargeError
@@ -28,6 +29,7 @@ from node.p2p import (
     encode_frame,
     peer_id_from_public_key,
 )
+from node.p2p._transport import GOSSIP_STALL_S
 
 DEADLINE_S = 20.0
 CHAIN = "p2p-test"
@@ -261,6 +263,59 @@ async def test_gossip_sends_own_batches_to_all_and_relays_none() -> None:
             assert sorted(d for _, d in got) == sorted(
                 b"from %d" % i for i, n in enumerate(c.nodes) if n is not dst
             )
+
+
+class _FakeQueue:
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _FakePubsub:
+    """Only what ``Transport._wait_gossip_room`` reads: per-peer outbound queues (32 slots)."""
+
+    def __init__(self, **queues: int) -> None:
+        self.peer_queues = {peer: _FakeQueue(n) for peer, n in queues.items()}
+
+
+def test_gossip_waits_for_a_congested_peer_but_not_for_a_stalled_one() -> None:
+    me = KeyPair.from_seed(b"\x01" * 32)
+    t = Transport(test_defaults().p2p, me, {me.public_key: None}, chain_id=CHAIN)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    returned: list[float] = []
+
+    async def main() -> None:
+        pubsub: Any = _FakePubsub(a=0, b=31)  # b is congested
+
+        async def publisher() -> None:
+            await t._wait_gossip_room(pubsub)
+            returned.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            await trio.sleep(1.0)
+            assert returned == []  # a congested peer is waited for ...
+            pubsub.peer_queues["b"].length = 0
+            await trio.sleep(0.01)
+            assert returned == [pytest.approx(1.0, abs=0.01)]  # ... until it drains
+        pubsub.peer_queues["b"].length = 32  # now b never drains (a paused validator)
+        start = trio.current_time()
+        with trio.fail_after(60):  # virtual seconds: a publisher waiting for ever fails here
+            await t._wait_gossip_room(pubsub)
+        assert trio.current_time() - start == pytest.approx(GOSSIP_STALL_S, abs=0.01)
+        await t._wait_gossip_room(pubsub)  # stalled: no more waiting for it
+        assert trio.current_time() - start == pytest.approx(GOSSIP_STALL_S, abs=0.01)
+        assert t.statistics().gossip_stalled_peer_sends == 2
+        pubsub.peer_queues["b"].length = 0  # it came back: its clock starts afresh
+        await t._wait_gossip_room(pubsub)
+        pubsub.peer_queues["b"].length = 32
+        mark = trio.current_time()
+        await t._wait_gossip_room(pubsub)
+        assert trio.current_time() - mark == pytest.approx(GOSSIP_STALL_S, abs=0.01)
+
+    trio.run(main, clock=clock)
 
 
 async def test_batch_validator_rejects_and_counts() -> None:
