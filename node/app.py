@@ -29,7 +29,7 @@ import errno
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -59,6 +59,7 @@ from node.api.facade import AccountView, BlockView, NodeStatus, TxStatus
 from node.api.server import ServerSettings, serve_api
 from node.clinical.wiring import ClinicalParts, build_clinical
 from node.config import Config, ConfigError
+from node.evidence import EvidenceLog, EvidenceRecorder, page_body
 from node.gc_tuning import tune_gc
 from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
 from node.inbox import FairInbox
@@ -129,6 +130,8 @@ REANNOUNCE_AFTER_S = 3.0
 REANNOUNCE_EVERY_S = 1.0
 REANNOUNCE_MAX = 512
 _SERVICE_INPUT = 64
+#: Worker threads serving the API's large store reads at once (NodeFacadeImpl).
+API_READ_THREADS = 4
 
 
 def core_config(config: Config, genesis: Genesis) -> CoreConfig:
@@ -151,6 +154,7 @@ class Node:
     def __init__(self, parts: NodeParts) -> None:
         self.parts = parts
         self.clinical: ClinicalParts = build_clinical(parts, clock_ms=wall_clock_ms)
+        self.evidence = _evidence_recorder(parts)
         # Room for two of the largest frames per sender: one sender's backlog
         # never grows past that, whatever it sends.
         self.inbox = FairInbox(_INBOX_PER_SENDER, 2 * parts.config.p2p.max_message_bytes)
@@ -265,6 +269,7 @@ class Node:
                 await nursery.start(p.service.run)
                 await nursery.start(self.clinical.key_release.run)
                 await nursery.start(self.clinical.blob_fetch.run)
+                await nursery.start(self.evidence.run)
                 push = TxPushService(
                     p.mempool, p.transport, p.metrics,
                     validators=[v for v in p.genesis.validators if v != p.key.public_key],
@@ -280,17 +285,10 @@ class Node:
                 nursery.start_soon(self._reannounce)
                 await nursery.start(partial(run_stall_watchdog, metrics=p.metrics))
                 api = create_app(
-                    NodeFacadeImpl(self),
-                    ApiSettings(
-                        max_body_bytes=p.config.api.max_body_bytes,
-                        signed_read_max_age_s=p.config.api.signed_read_max_age_s,
-                    ),
-                    metrics=p.metrics,
+                    NodeFacadeImpl(self), ApiSettings.from_config(p.config), metrics=p.metrics
                 )
-                listen = p.config.api.listen
-                urls = await nursery.start(
-                    serve_api, api, ServerSettings(host=listen.host, port=listen.port)
-                )
+                # [api] limits and slow-client timeouts (body, keep-alive/headers, read).
+                urls = await nursery.start(serve_api, api, ServerSettings.from_config(p.config))
                 log.info(
                     "node started: validator %s, height %d, api %s",
                     p.key.public_key.hex()[:16],
@@ -442,6 +440,7 @@ class Node:
     def _evidence(self, evidence: Evidence) -> None:
         log.warning("equivocation evidence from validator %s", evidence.validator.hex()[:16])
         self.parts.metrics.equivocations.labels(evidence.kind).inc()
+        self.evidence.record_nowait(evidence)  # stored by its own task (node/evidence.py)
 
     # -- views for the API -------------------------------------------------------
 
@@ -479,6 +478,16 @@ class _CounterSync:
             self._last[name] = value
 
 
+def _evidence_recorder(parts: NodeParts) -> EvidenceRecorder:
+    """Equivocation evidence kept in the store's node-local namespace (reads it back once)."""
+    store = parts.store
+    return EvidenceRecorder(
+        EvidenceLog(store),
+        clock_ms=wall_clock_ms,
+        height=lambda: store.latest_height() or 0,
+    )
+
+
 def _drain(app: LedgerApplication) -> None:
     app.after_commit()
 
@@ -499,12 +508,22 @@ _KINDS: dict[int, Literal["organisation", "clinician", "patient"]] = {
 }
 
 
+_T = TypeVar("_T")
+
+
 class NodeFacadeImpl:
     """:class:`node.api.facade.NodeFacade` over a running :class:`Node`."""
 
     def __init__(self, node: Node) -> None:
         self._node = node
         self._p = node.parts
+        # Reads that can be large (a block of up to 4 MiB decoded and every tx
+        # hashed, a 4 MiB blob, an audit log touching many blocks) run in these
+        # worker threads: the event loop is shared with consensus.
+        self._readers = trio.CapacityLimiter(API_READ_THREADS)
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._readers)
 
     def ready(self) -> bool:
         return self._node.quorum_connected()
@@ -541,10 +560,18 @@ class NodeFacadeImpl:
         return results
 
     async def tx_status(self, tx_hash: bytes, prove_it: bool) -> TxStatus:
+        # The mempool first (Trio thread): a tx leaves it only after its commit is stored.
+        pending = tx_hash in self._p.mempool
+        found = await self._off_loop(self._committed_status, tx_hash, prove_it)
+        if found is not None:
+            return found
+        return TxStatus(tx_hash, "pending" if pending else "unknown")
+
+    def _committed_status(self, tx_hash: bytes, prove_it: bool) -> TxStatus | None:
         p = self._p
         loc = p.store.tx_location(tx_hash)
         if loc is None:
-            return TxStatus(tx_hash, "pending" if tx_hash in p.mempool else "unknown")
+            return None
         height, index = loc
         raw_results = p.store.get_results(height)
         code = decode_results(raw_results)[index].code if raw_results is not None else None
@@ -584,6 +611,13 @@ class NodeFacadeImpl:
         )
 
     async def block(self, height: int | None) -> BlockView:
+        if height is not None and height > (self._p.store.latest_height() or 0):
+            # Followers poll the next height many times a second: answer the
+            # miss on the loop, without a worker-thread round trip.
+            raise NotFoundError(f"no committed block at height {height}")
+        return await self._off_loop(self._block, height)
+
+    def _block(self, height: int | None) -> BlockView:
         p = self._p
         h = p.store.latest_height() if height is None else height
         if h is None or h < 1:
@@ -602,10 +636,14 @@ class NodeFacadeImpl:
         )
 
     async def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> object:
-        return self._node.clinical.read_record(record_id, reader, access_tx)
+        clinical = self._node.clinical
+        return await clinical.read_record(record_id, reader, access_tx, limiter=self._readers)
 
     async def patient_audit(self, patient: bytes, reader: bytes) -> object:
-        return self._node.clinical.reads.patient_audit(patient, reader)
+        return await self._off_loop(self._node.clinical.reads.patient_audit, patient, reader)
+
+    async def evidence(self, limit: int, before: int | None) -> object:
+        return page_body(await self._off_loop(self._node.evidence.log.page, limit, before))
 
 
 def run(config: Config, doc: GenesisDoc, key: KeyPair) -> None:

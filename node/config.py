@@ -208,6 +208,16 @@ class ApiConfig:
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_limits(1024, 1 << 30))
     #: A signed read older (or newer) than this is refused as possibly replayed.
     signed_read_max_age_s: float = field(default=60.0, metadata=_limits(1.0, 3600))
+    #: A request body must arrive whole within this time of its headers; else
+    #: HTTP 408 and the connection is closed (a slow sender cannot hold one).
+    body_timeout_s: float = field(default=30.0, metadata=_limits(0.1, 3600))
+    #: A new connection must send its request headers, and an idle keep-alive
+    #: connection its next request, within this time; else it is closed.
+    keep_alive_timeout_s: float = field(default=5.0, metadata=_limits(0.1, 600))
+    #: A connection that sends nothing for this long is closed, whatever it is
+    #: doing: keep it above the slowest answer (a request still being handled
+    #: when it fires loses its answer).
+    read_timeout_s: float = field(default=60.0, metadata=_limits(1.0, 3600))
 
 
 @dataclass(frozen=True, slots=True)

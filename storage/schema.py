@@ -44,6 +44,9 @@ class Namespace(bytes, enum.Enum):
     BLOB = b"O"  # blob hash -> blob bytes (deleted, never tombstoned, on erasure)
     META = b"M"  # node-local metadata name (ascii) -> value
     WAL = b"W"  # reserved: consensus WAL index, sequence number -> entry
+    #: Node-local, never part of the state root or sent to peers: sequence
+    #: number (8 bytes, detection order) -> equivocation evidence (node.evidence).
+    EVIDENCE = b"E"
 
     @property
     def label(self) -> str:
@@ -183,6 +186,11 @@ def meta_key(name: str) -> bytes:
 def wal_key(seq: int) -> bytes:
     """Reserved for the consensus WAL index: entries in sequence order."""
     return Namespace.WAL.value + encode_height(seq)
+
+
+def evidence_key(seq: int) -> bytes:
+    """Node-local equivocation evidence, numbered in the order this node detected it."""
+    return Namespace.EVIDENCE.value + encode_height(seq)
 
 
 def namespace_range(ns: Namespace) -> tuple[bytes, bytes | None]:

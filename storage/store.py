@@ -241,6 +241,22 @@ class Store:
         sealed.put(schema.meta_key(_meta_name(name)), value)
         self._write(sealed)
 
+    def write_evidence(self, puts: Iterable[tuple[int, bytes]], deletes: Iterable[int]) -> None:
+        """Add and drop node-local evidence entries (by sequence number) in one batch.
+
+        Evidence is this node's own record (``node.evidence``): not part of a
+        commit, of the state root or of state transfer.
+        """
+        sealed = _Sealer()
+        for seq in deletes:
+            sealed.delete(schema.evidence_key(seq))
+        for seq, value in puts:
+            if not isinstance(value, bytes):
+                raise TypeError("evidence value must be bytes")
+            sealed.put(schema.evidence_key(seq), value)
+        if sealed.ops:
+            self._write(sealed)
+
     def compact_blobs(self) -> None:
         """Make LevelDB rewrite the blob namespace, dropping erased blobs from its files.
 
@@ -304,10 +320,16 @@ class Store:
 
     def iter_blocks(self, start: int, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
         """(height, block bytes) for ``start <= height < stop``, in height order."""
-        lo = schema.block_key(max(start, 0))
-        hi = schema.prefix_end(Namespace.BLOCK.value)
+        return self._iter_numbered(Namespace.BLOCK, start, stop)
+
+    def _iter_numbered(
+        self, ns: Namespace, start: int, stop: int | None
+    ) -> Iterator[tuple[int, bytes]]:
+        """(n, value) of the keys ``ns || n`` (8-byte n) with ``start <= n < stop``, in order."""
+        lo = schema.height_key(ns, max(start, 0))
+        hi = schema.prefix_end(ns.value)
         if stop is not None and stop <= schema.MAX_HEIGHT:
-            hi = schema.block_key(max(stop, 0))
+            hi = schema.height_key(ns, max(stop, 0))
         for key, value in self._iterate(lo, hi):
             yield schema.height_of_key(key), value
 
@@ -347,6 +369,10 @@ class Store:
 
     def get_tree_node(self, node_id: bytes) -> bytes | None:
         return self._get(schema.tree_key(node_id))
+
+    def iter_evidence(self, start: int, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """(sequence number, value) of the evidence entries ``start <= seq < stop``, in order."""
+        return self._iter_numbered(Namespace.EVIDENCE, start, stop)
 
     def get_meta(self, name: str) -> bytes | None:
         return self._get(schema.meta_key(_meta_name(name)))
@@ -422,6 +448,7 @@ _KEY_SIZES: dict[Namespace, int] = {
     Namespace.TX_LOCATION: 1 + HASH_SIZE,
     Namespace.BLOB: 1 + HASH_SIZE,
     Namespace.WAL: 1 + schema.HEIGHT_SIZE,
+    Namespace.EVIDENCE: 1 + schema.HEIGHT_SIZE,
 }
 
 

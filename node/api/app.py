@@ -8,11 +8,18 @@ counts the request by route template, method and status.
 
 Bodies are read with a size limit enforced while reading, before anything is
 parsed: the ``Content-Length`` header is checked first, then the bytes as they
-arrive. The bytes every request holds count against one node-wide
+arrive. A body must arrive whole within ``body_timeout_s`` (408
+``REQUEST_TIMEOUT``, then the connection is closed): a client that trickles
+a body a byte at a time would otherwise hold a connection and its share of
+the body budget for ever (the server's own timeouts, see
+:mod:`node.api.server`, cover idle connections and slow headers). The bytes
+every request holds count against one node-wide
 :class:`~node.api.budget.BodyBudget` until its handler has answered, so many
 concurrent large bodies are refused (503 ``BUSY``) rather than buffered.
 JSON is decoded by msgspec into strict structures; hex must be lowercase, as
-everywhere in the API.
+everywhere in the API. Answers that can be large (a record's ciphertext of up
+to 4 MiB becomes 8 MiB of hex; an audit log; evidence with whole blocks) are
+rendered to JSON in a worker thread: the event loop is shared with consensus.
 
 Hex path and query parameters carry their ``pattern`` and lengths in the
 OpenAPI description (and FastAPI checks them: 400 ``MALFORMED`` naming the
@@ -24,6 +31,7 @@ exact shape the handlers demand; the handlers still parse with
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import traceback
@@ -42,7 +50,7 @@ from starlette.responses import Response
 from ledger.errors import DecodeError, LedgerError, TooLargeError
 from node.api.auth import ReplayCache, verify_signed_request
 from node.api.budget import BodyBudget
-from node.api.errors import error_response, ledger_error_response
+from node.api.errors import RequestTimeoutError, error_response, ledger_error_response
 from node.api.facade import NodeFacade
 from node.api.render import json_bytes
 from node.client import now_ms
@@ -118,6 +126,10 @@ class ApiSettings:
     signed_read_max_age_s: float = 60.0
     signed_read_max_skew_s: float = 5.0  # how far in the future a timestamp may be
     replay_cache_size: int = 100_000
+    #: A request body must arrive whole within this time, counted from its headers.
+    body_timeout_s: float = 30.0
+    #: Worker threads rendering large answers to JSON at once.
+    render_threads: int = 2
 
     @classmethod
     def from_config(cls, config: Config) -> ApiSettings:
@@ -125,6 +137,7 @@ class ApiSettings:
             max_body_bytes=config.api.max_body_bytes,
             max_batch_body_bytes=max(config.api.max_body_bytes, 32 * 1024 * 1024),
             signed_read_max_age_s=config.api.signed_read_max_age_s,
+            body_timeout_s=config.api.body_timeout_s,
         )
 
 
@@ -197,17 +210,35 @@ def parse_hex(
     return bytes.fromhex(value)
 
 
+#: Most evidence entries one ``GET /v1/evidence`` page may ask for.
+MAX_EVIDENCE_PAGE = 100
+
 #: Where a request records the body bytes it holds of the budget (released by ``_Route``).
 _RESERVED = "medledger.body_bytes_reserved"
 
 
-async def read_body(request: Request, limit: int, budget: BodyBudget | None = None) -> bytes:
+async def read_body(
+    request: Request,
+    limit: int,
+    budget: BodyBudget | None = None,
+    *,
+    timeout_s: float = math.inf,
+) -> bytes:
     """The request body, refused with ``TooLargeError`` as soon as it passes ``limit``.
 
     With a ``budget``, every chunk is reserved as it arrives (``BusyError``
     when the budget is spent) and recorded in the request's scope; whoever
     drives the handler releases it (``_Route`` does, after the answer).
+    The whole body must arrive within ``timeout_s`` (``RequestTimeoutError``).
     """
+    try:
+        with trio.fail_after(timeout_s):
+            return await _read_body(request, limit, budget)
+    except trio.TooSlowError:
+        raise RequestTimeoutError(f"request body not received within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, limit: int, budget: BodyBudget | None) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isascii() or not declared.isdigit():
@@ -252,6 +283,12 @@ def json_response(value: object, status: int = 200) -> Response:
     return Response(json_bytes(value), status_code=status, media_type="application/json")
 
 
+async def json_response_off_loop(value: object, limiter: trio.CapacityLimiter) -> Response:
+    """:func:`json_response` rendered in a worker thread (hex and JSON of megabytes)."""
+    body = await trio.to_thread.run_sync(json_bytes, value, limiter=limiter)
+    return Response(body, status_code=200, media_type="application/json")
+
+
 # --- the route wrapper --------------------------------------------------------------------
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -280,6 +317,8 @@ def _route_class(metrics: NodeMetrics, budget: BodyBudget) -> type[APIRoute]:
                     response = await handler(request)
                 except LedgerError as exc:
                     response = ledger_error_response(exc)
+                    if isinstance(exc, RequestTimeoutError):
+                        response.headers["connection"] = "close"
                 except RequestValidationError as exc:
                     response = _validation_error(exc)
                 except StarletteHTTPException as exc:
@@ -363,6 +402,7 @@ def create_app(
     # at once left the replica so few turns that its node fell views behind
     # and the network stopped committing.
     writers = trio.CapacityLimiter(s.max_concurrent_writes)
+    renderers = trio.CapacityLimiter(s.render_threads)
 
     @app.exception_handler(StarletteHTTPException)
     async def _unrouted(request: Request, exc: StarletteHTTPException) -> Response:
@@ -374,7 +414,7 @@ def create_app(
         return _validation_error(exc)
 
     async def signed_reader(request: Request) -> bytes:
-        body = await read_body(request, s.max_body_bytes, budget)
+        body = await read_body(request, s.max_body_bytes, budget, timeout_s=s.body_timeout_s)
         target = request.scope.get("raw_path") or request.url.path.encode()
         query = request.scope.get("query_string") or b""
         if query:
@@ -425,7 +465,7 @@ def create_app(
         responses={400: _ERROR_DOC, 413: _ERROR_DOC, 422: _ERROR_DOC, 503: _ERROR_DOC},
     )
     async def submit_tx(request: Request) -> Response:
-        body = await read_body(request, s.max_body_bytes, budget)
+        body = await read_body(request, s.max_body_bytes, budget, timeout_s=s.body_timeout_s)
         async with writers:
             tx, blob = _tx_item(_decode_json(body, TxIn))
             try:
@@ -441,7 +481,7 @@ def create_app(
         responses={400: _ERROR_DOC, 413: _ERROR_DOC, 503: _ERROR_DOC},
     )
     async def submit_batch(request: Request) -> Response:
-        body = await read_body(request, s.max_batch_body_bytes, budget)
+        body = await read_body(request, s.max_batch_body_bytes, budget, timeout_s=s.body_timeout_s)
         async with writers:
             batch: BatchIn = _decode_json(body, BatchIn)
             if len(batch.txs) > s.max_batch_txs:
@@ -506,7 +546,11 @@ def create_app(
         summary="signed read: ciphertext + the reader's key wrap, after the audit entry commits",
         description=_SIGNED_DOC,
         responses={
-            400: _ERROR_DOC, 401: _ERROR_DOC, 403: _ERROR_DOC, 404: _ERROR_DOC, 410: _ERROR_DOC
+            400: _ERROR_DOC,
+            401: _ERROR_DOC,
+            403: _ERROR_DOC,
+            404: _ERROR_DOC,
+            410: _ERROR_DOC,
         },
     )
     async def read_record(
@@ -515,7 +559,9 @@ def create_app(
         rid = parse_hex(record_id, "record id", sizes=range(16, 33))
         access_tx = parse_hex(access, "access", size=HASH_SIZE) if access is not None else None
         reader = await signed_reader(request)
-        return json_response(await facade.read_record(rid, reader, access_tx))
+        return await json_response_off_loop(
+            await facade.read_record(rid, reader, access_tx), renderers
+        )
 
     @app.get(
         "/v1/patients/{patient_id}/audit",
@@ -526,7 +572,30 @@ def create_app(
     async def patient_audit(request: Request, patient_id: PatientPath) -> Response:
         patient = parse_hex(patient_id, "patient id", size=32)
         reader = await signed_reader(request)
-        return json_response(await facade.patient_audit(patient, reader))
+        return await json_response_off_loop(await facade.patient_audit(patient, reader), renderers)
+
+    @app.get(
+        "/v1/evidence",
+        summary="equivocation evidence this node detected, newest first (paged)",
+        description=(
+            "Each entry: the equivocating validator, the message kind, view and height, "
+            "and both conflicting signed messages as sent (lowercase hex: an encoded "
+            "consensus Envelope, or a SignedViewChange for kind ViewChange), with this "
+            "node's committed height and wall clock when it saw them. Continue a listing "
+            "with ?before=<next_before>. Node-local: each node lists what it detected."
+        ),
+        responses={400: _ERROR_DOC},
+    )
+    async def evidence(
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_EVIDENCE_PAGE, description="entries per page (1..100)")
+        ] = 20,
+        before: Annotated[
+            int | None,
+            Query(ge=1, le=2**63 - 1, description="list entries older than this seq"),
+        ] = None,
+    ) -> Response:
+        return await json_response_off_loop(await facade.evidence(limit, before), renderers)
 
     app.state.replay_cache = replay  # for statistics and tests
     app.state.body_budget = budget

@@ -14,6 +14,7 @@ sender unknown, not authorised, consent denied           403
 unknown id (``NotFoundError``)                           404
 erased record (``ErasedError``)                          410
 other rule violations (nonce, already exists)            409
+request body not received in time (``RequestTimeoutError``) 408
 mempool full, too many waiters, node not ready           503
 our own disk failed (``CorruptionError``)                500
 our own disk refused a write (``StorageIOError``; the   503
@@ -47,8 +48,17 @@ from node.api.auth import AuthError, ReplayCacheFullError
 from node.api.facade import NotReadyError
 from node.mempool import AlreadyKnownError, BusyError, MempoolFullError
 
+
+class RequestTimeoutError(LedgerError):
+    """The client did not send its whole request body within the body timeout (HTTP 408);
+    the connection is closed after the answer (a slow sender must not hold it)."""
+
+    code = "REQUEST_TIMEOUT"
+
+
 # Most specific first: the first matching class decides.
 _STATUS: tuple[tuple[type[LedgerError], int], ...] = (
+    (RequestTimeoutError, 408),
     (TooLargeError, 413),
     (DecodeError, 400),
     (InvalidTxError, 422),

@@ -117,3 +117,8 @@ class NodeFacade(Protocol):
     async def patient_audit(self, patient: bytes, reader: bytes) -> object:
         """Signed read of a patient's access log (``reader`` must be allowed to see it)."""
         ...
+
+    async def evidence(self, limit: int, before: int | None) -> object:
+        """Stored equivocation evidence, newest first: up to ``limit`` entries older than
+        ``before`` (see :mod:`node.evidence`)."""
+        ...

@@ -7,6 +7,13 @@ listens on (with the real port when the configured port is 0) through
 ``shutdown_trigger`` returns, then closes connections gracefully within
 ``graceful_timeout_s``. Hypercorn installs no signal handlers here: stopping
 the node is the node's business (cancel the scope).
+
+Slow clients (slowloris): a connection that has not sent its request headers
+within ``keep_alive_timeout_s`` (Hypercorn's idle timer runs from the accept,
+and again after every answer, until headers are complete) is closed, and so
+is one that sends nothing at all for ``read_timeout_s``. A body trickled in
+slowly is cut by the app's own ``body_timeout_s`` (:mod:`node.api.app`), since
+Hypercorn has no whole-body deadline. Headers are bounded in size by h11 (16 KiB).
 """
 
 from __future__ import annotations
@@ -32,10 +39,17 @@ class ServerSettings:
     port: int = 26657  # 0: any free port (reported through task_status)
     graceful_timeout_s: float = 3.0
     keep_alive_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
 
     @classmethod
     def from_config(cls, config: Config) -> ServerSettings:
-        return cls(host=config.api.listen.host, port=config.api.listen.port)
+        api = config.api
+        return cls(
+            host=api.listen.host,
+            port=api.listen.port,
+            keep_alive_timeout_s=api.keep_alive_timeout_s,
+            read_timeout_s=api.read_timeout_s,
+        )
 
     @property
     def bind(self) -> str:
@@ -48,6 +62,7 @@ def hypercorn_config(settings: ServerSettings) -> hypercorn.config.Config:
     config.bind = [settings.bind]
     config.graceful_timeout = settings.graceful_timeout_s
     config.keep_alive_timeout = settings.keep_alive_timeout_s
+    config.read_timeout = cast(Any, settings.read_timeout_s)  # typed int there; a float works
     config.accesslog = None  # requests are counted in metrics; access logs could leak ids
     config.errorlog = logging.getLogger("hypercorn.error")  # through the node's logging setup
     config.include_server_header = False

@@ -28,6 +28,10 @@ Client side, :class:`BlobFetcher`:
 Server side, :class:`BlobServer`: answers validators only, with a token
 bucket per peer; what it may serve is the owner's ``lookup`` (held, committed
 and not erased, see :func:`node.clinical.blobfetch_service.servable_blob`).
+It answers in two steps so that its driver can keep the event loop free:
+:meth:`BlobServer.admit` (cheap: membership, the token bucket on the owner's
+clock, decoding) and :meth:`BlobServer.serve` (the store lookup of up to a
+4 MiB blob and its encoding, safe to run in a worker thread).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ __all__ = [
     "FetchStatistics",
     "ServeSettings",
     "ServeStatistics",
+    "ServeTicket",
     "max_blob_for_frame",
 ]
 
@@ -350,6 +355,13 @@ class _Bucket:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ServeTicket:
+    """An admitted request (validator, within its rate, well formed): look up ``blob_hash``."""
+
+    blob_hash: bytes
+
+
 class BlobServer:
     """The answering side: validators only, rate-limited per peer, ``lookup`` decides.
 
@@ -357,6 +369,12 @@ class BlobServer:
     (held, referenced by committed state, not erased), else None. ``clock``
     is monotonic seconds. Buckets exist only for validators, so their number
     is bounded by the validator set.
+
+    Threads: :meth:`admit` reads ``clock`` and must run where ``clock`` works
+    (the node's clock is ``trio.current_time``, which raises outside the Trio
+    thread: that is why an earlier attempt that ran all of :meth:`handle` in a
+    worker thread failed). :meth:`serve` calls only ``lookup`` and may run in
+    any thread; the counters are locked.
     """
 
     def __init__(
@@ -377,7 +395,19 @@ class BlobServer:
         )
 
     def handle(self, peer: bytes, request: bytes) -> bytes:
-        """The encoded answer to ``request`` from ``peer`` (never raises for bad input)."""
+        """The encoded answer to ``request`` from ``peer`` (never raises for bad input).
+
+        :meth:`admit` then :meth:`serve` on the caller's thread: for callers
+        whose ``lookup`` is cheap (tests, an in-memory store).
+        """
+        admitted = self.admit(peer, request)
+        if isinstance(admitted, bytes):
+            return admitted
+        return self.serve(admitted)
+
+    def admit(self, peer: bytes, request: bytes) -> bytes | ServeTicket:
+        """First step, on the clock's thread: the final answer (refused, rate-limited,
+        malformed) or a ticket for :meth:`serve`. Never raises for bad input."""
         if peer not in self._validators:
             return self._answer("refused", REFUSED)
         if not self._take(peer):
@@ -388,7 +418,11 @@ class BlobServer:
             return self._answer("malformed", MALFORMED)
         if len(wanted) != HASH_SIZE:
             return self._answer("malformed", MALFORMED)
-        blob = self._lookup(wanted)
+        return ServeTicket(wanted)
+
+    def serve(self, ticket: ServeTicket) -> bytes:
+        """Second step, on any thread: look the blob up and encode the answer."""
+        blob = self._lookup(ticket.blob_hash)
         if blob is None or len(blob) > self.settings.max_blob_bytes:
             return self._answer("not_found", NOT_FOUND)
         return self._answer("sent", FOUND, blob)

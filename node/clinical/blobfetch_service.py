@@ -21,9 +21,11 @@ resurrect a crypto-shredded record. What it serves: the same rule
 (:func:`servable_blob`), to validators only, rate-limited per peer.
 
 Lifetime: ``await nursery.start(service.run)``; it registers its request
-handler, reports started, scans, then fetches until cancelled. Store writes
-and the scan run in worker threads (LevelDB fsync and a full state scan must
-not stall the event loop); everything else runs on the Trio thread.
+handler, reports started, scans, then fetches until cancelled. Store writes,
+the scan and the lookups that serve peers run in worker threads (LevelDB
+fsync, a full state scan and reading plus encoding a blob of up to 4 MiB must
+not stall the event loop that consensus shares); the serving rate limit,
+which reads the Trio clock, and everything else run on the Trio thread.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from node.clinical.blobfetch import (
     FetchRequest,
     FetchSettings,
     ServeSettings,
+    ServeTicket,
 )
 from node.clinical.reads import ReadStore
 from node.metrics import CounterLike, NodeMetrics
@@ -70,6 +73,10 @@ log = logging.getLogger(__name__)
 
 #: While anything is wanted, poll at least this often (a peer may have connected).
 IDLE_POLL_S = 1.0
+#: Worker threads that look blobs up for peers at once; more requests wait their
+#: turn (each is already admitted by the per-peer rate limit). Two: the machine
+#: class has two cores, and LevelDB reads release the GIL.
+SERVE_THREADS = 2
 
 
 class FetchStore(ReadStore, Protocol):
@@ -200,6 +207,7 @@ class BlobFetchService:
         self._clock = clock
         self.fetcher = BlobFetcher(settings)
         self.server = BlobServer(validators, self._lookup, clock, serve)
+        self._serve_threads = trio.CapacityLimiter(SERVE_THREADS)
         self._wake = trio.Event()
         self._seen: dict[str, int] = {}
         #: Blobs placed in the store by this service since start.
@@ -295,16 +303,21 @@ class BlobFetchService:
             outcome = self.fetcher.on_response(req, answer, self._clock())
             if outcome.blob is None:
                 if outcome.result is not None:
-                    log.debug("blob %s from %s: %s", req.blob_hash.hex()[:16],
-                              req.peer.hex()[:16], outcome.result)
+                    log.debug(
+                        "blob %s from %s: %s",
+                        req.blob_hash.hex()[:16],
+                        req.peer.hex()[:16],
+                        outcome.result,
+                    )
                 return
             placed = await trio.to_thread.run_sync(
                 place_blob, self._store, req.blob_hash, req.record_id, outcome.blob
             )
             if placed:
                 self.placed += 1
-                log.info("fetched blob %s from peer %s", req.blob_hash.hex()[:16],
-                         req.peer.hex()[:16])
+                log.info(
+                    "fetched blob %s from peer %s", req.blob_hash.hex()[:16], req.peer.hex()[:16]
+                )
         finally:
             self._wake.set()
 
@@ -314,9 +327,14 @@ class BlobFetchService:
         return servable_blob(self._store, blob_hash)
 
     async def _serve(self, peer: bytes, request: bytes) -> bytes:
-        answer = self.server.handle(peer, request)
+        """Admit on the Trio thread (rate limit on the Trio clock), look up in a worker."""
+        admitted = self.server.admit(peer, request)
+        if isinstance(admitted, ServeTicket):
+            admitted = await trio.to_thread.run_sync(
+                self.server.serve, admitted, limiter=self._serve_threads
+            )
         self._sync_metrics()
-        return answer
+        return admitted
 
     # -- metrics ------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
+
 from node.clinical.blobfetch import FetchSettings, ServeSettings, max_blob_for_frame
 from node.clinical.blobfetch_service import BlobFetchService
 from node.clinical.blobs import BlobRecovery
@@ -64,11 +66,24 @@ class ClinicalParts:
         codes = [r.code for r in info.result.results]
         self.key_release.notify(info.height, list(zip(info.block.txs, codes, strict=True)))
 
+    async def read_record(
+        self,
+        record_id: bytes,
+        reader: bytes,
+        access_tx: bytes | None,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> object:
+        """A signed record read; a missing blob (503, the client retries) starts its fetch.
 
-    def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> object:
-        """A signed record read; a missing blob (503, the client retries) starts its fetch."""
+        The read (state, the access tx's block, a blob of up to 4 MiB) runs in
+        a worker thread (``limiter``, else Trio's default); the fetch is
+        started back on the Trio thread, which owns the blob fetcher.
+        """
         try:
-            return self.reads.read_record(record_id, reader, access_tx)
+            return await trio.to_thread.run_sync(
+                self.reads.read_record, record_id, reader, access_tx, limiter=limiter
+            )
         except BlobUnavailableError:
             self.blob_fetch.want_record(record_id)
             raise

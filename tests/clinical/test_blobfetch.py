@@ -11,6 +11,7 @@ Waits are conditions with deadlines.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -50,12 +51,12 @@ from node.clinical.wiring import ClinicalParts
 from node.ledger_app import CommitInfo
 from node.metrics import NodeMetrics
 from node.p2p import BLOB_PROTOCOL, SYNC_PROTOCOL, PeerUnavailableError
+from tests._wait import wait_until
 from tests.clinical.helpers import MiniChain, World
 from tests.node.test_api import NOW_MS, FakeFacade
 
 PLAIN = b'{"resourceType":"Observation","note":[{"text":"MARKER-blobfetch"}]}'
 PEERS = [bytes([i]) * 32 for i in (1, 2, 3)]
-DEADLINE_S = 15.0
 
 
 def sealed(plain: bytes = PLAIN) -> tuple[bytes, bytes, bytes]:
@@ -377,14 +378,6 @@ def service(
     )
 
 
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    with trio.move_on_after(DEADLINE_S):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out after {DEADLINE_S}s waiting for {what}")
-
-
 def fetch_count(metrics: NodeMetrics, result: str) -> float:
     value = metrics.registry.get_sample_value("medledger_blob_fetch_total", {"result": result})
     return value or 0.0
@@ -420,8 +413,9 @@ async def test_service_fetches_on_start_and_after_commit_and_never_keeps_a_lie()
         await wait_until(lambda: store_b.has_blob(bh), "the blob missing from a commit")
         assert store_b.get_blob(bh) == blob
         assert svc_b.placed == 2 and fetch_count(mb, "ok") == 2
-        sent = ma.registry.get_sample_value("medledger_blob_requests_served_total",
-                                            {"result": "sent"})
+        sent = ma.registry.get_sample_value(
+            "medledger_blob_requests_served_total", {"result": "sent"}
+        )
         assert sent == 2
         assert mb.registry.get_sample_value("medledger_blob_fetch_missing") == 0
         nursery.cancel_scope.cancel()
@@ -481,7 +475,97 @@ class ReadFacade(FakeFacade):
         self.parts = parts
 
     async def read_record(self, record_id: bytes, reader: bytes, access_tx: bytes | None) -> object:
-        return self.parts.read_record(record_id, reader, access_tx)
+        return await self.parts.read_record(record_id, reader, access_tx)
+
+
+# --- serving peers off the event loop ----------------------------------------------------
+
+
+class BlockingBlobStore:
+    """A chain's store whose ``get_blob`` waits for the test's go-ahead and notes its thread.
+
+    Were the lookup on the Trio thread, the test could never give the
+    go-ahead: the wait gives up after 5 s and fails the request instead of
+    hanging the run.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.threads: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def get_blob(self, blob_hash: bytes) -> bytes | None:
+        self.threads.append(threading.get_ident())
+        self.entered.set()
+        if not self.release.wait(5.0):
+            raise AssertionError("blob lookup never released: it ran on the event loop")
+        blob: bytes | None = self._store.get_blob(blob_hash)
+        return blob
+
+
+def serving_node(
+    world: World, store: Any, serve: ServeSettings | None = None
+) -> tuple[BlobFetchService, Link, list[bytes]]:
+    """A blob service for validator 0 of ``world`` on a fresh link (nobody else on it)."""
+    validators = [k.public_key for k in world.chain.orgs]
+    link = Link()
+    transport = LinkTransport(link, validators[0], validators)
+    svc = BlobFetchService(store, transport, validators, metrics=NodeMetrics(), serve=serve)
+    return svc, link, validators
+
+
+async def test_a_peer_is_served_by_a_worker_thread_while_the_event_loop_runs() -> None:
+    world = World()
+    _rid, blob, bh = anchor(world)
+    store = BlockingBlobStore(world.chain.store)
+    svc, link, validators = serving_node(world, store)
+    answers: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        handler = link.handlers[validators[0]]
+
+        async def ask() -> None:
+            answers.append(await handler(validators[1], codec.encode(BlobRequest(bh))))
+
+        nursery.start_soon(ask)
+        # This task runs while the lookup waits: the event loop is free.
+        await wait_until(store.entered.is_set, "the lookup to start")
+        assert not answers
+        store.release.set()
+        await wait_until(lambda: bool(answers), "the answer")
+        nursery.cancel_scope.cancel()
+    assert codec.decode(answers[0], BlobResponse) == BlobResponse(FOUND, blob)
+    assert store.threads and threading.get_ident() not in store.threads
+
+
+async def test_the_serving_rate_limit_runs_on_the_trio_clock(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    world = World()
+    _rid, _blob, bh = anchor(world)
+    svc, link, validators = serving_node(
+        world, world.chain.store, ServeSettings(rate_per_s=2.0, burst=3)
+    )
+    ask = codec.encode(BlobRequest(bh))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        handler = link.handlers[validators[0]]
+
+        async def status_of(peer: bytes) -> int:
+            return codec.decode(await handler(peer, ask), BlobResponse).status
+
+        assert [await status_of(validators[1]) for _ in range(4)] == [FOUND] * 3 + [RATE_LIMITED]
+        assert await status_of(validators[2]) == FOUND  # buckets are per peer
+        mock_clock.jump(0.5)  # one token back at 2/s, on the Trio clock
+        assert [await status_of(validators[1]) for _ in range(2)] == [FOUND, RATE_LIMITED]
+        assert await status_of(b"\x09" * 32) == REFUSED
+        nursery.cancel_scope.cancel()
+    st = svc.server.statistics()
+    assert (st.sent, st.rate_limited, st.refused) == (5, 2, 1)
 
 
 # --- the real transport ------------------------------------------------------------------

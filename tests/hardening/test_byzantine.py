@@ -34,22 +34,24 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
-from ledger.keys import KeyPair
+from consensus.messages import Envelope
+from consensus.validators import ValidatorSet
+from ledger import codec
 from node.bench._procfs import read_proc_stats
 from node.genesis_file import load_genesis
 from node.keyfile import load_key_file
 from node.load import LoadReport, PreparedTx, prepare_registrations, run_load
 from node.runner import LocalNode, LocalTestnet, wait_for
 from tests.hardening.api_flood import KINDS, ApiFloodReport, api_flood
+from tests.multiprocess import _net
+from tests.multiprocess._net import assert_same_chain, metric, stop_and_report
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -83,8 +85,14 @@ class ByzantineTestnet(LocalTestnet):
         node._log_file = node.log_path.open("ab")
         node.proc = subprocess.Popen(
             [
-                self.python, "-m", HARNESS, "--config", str(node.config_path),
-                "--behaviour", self.behaviour, *self.harness_args,
+                self.python,
+                "-m",
+                HARNESS,
+                "--config",
+                str(node.config_path),
+                "--behaviour",
+                self.behaviour,
+                *self.harness_args,
             ],
             stdout=node._log_file,
             stderr=subprocess.STDOUT,
@@ -95,33 +103,13 @@ class ByzantineTestnet(LocalTestnet):
         return node
 
 
-@dataclass
-class Net:
-    t: ByzantineTestnet
-    honest: list[int]
-    orgs: list[KeyPair]
-    chain_id: str
-    seed: int = 0
+class Net(_net.Net):
+    """The shared client view of the testnet, plus which nodes are honest."""
 
-    def url(self, i: int) -> str:
-        return self.t.nodes[i].api_url
-
-    def status(self, i: int) -> dict[str, Any]:
-        st = self.t.nodes[i].status()
-        assert st is not None, f"node{i} does not answer"
-        return st
-
-    def registrations(self, count: int, nodes: list[int]) -> list[PreparedTx]:
-        """``count`` txs signed by the hospitals of ``nodes``; lane k belongs to ``nodes[k]``.
-
-        Each test has a fresh network and uses each hospital's key once, so
-        nonces start at 0.
-        """
-        txs = prepare_registrations(
-            [(self.orgs[i], 0) for i in nodes], self.chain_id, count, seed=self.seed
-        )
-        self.seed += 1
-        return txs
+    def __init__(self, testnet: ByzantineTestnet, honest: list[int]) -> None:
+        super().__init__(testnet)
+        self.t: ByzantineTestnet = testnet
+        self.honest = honest
 
 
 def start_net(root: Path, behaviour: str, harness_args: tuple[str, ...] = ()) -> Iterator[Net]:
@@ -131,43 +119,17 @@ def start_net(root: Path, behaviour: str, harness_args: tuple[str, ...] = ()) ->
         testnet.start_all()
         honest = [i for i in range(N) if i != testnet.byzantine]
         testnet.wait_ready(honest, timeout=120)
-        orgs = [load_key_file(n.home / "node_key.json") for n in testnet.nodes]
-        chain_id = load_genesis(testnet.genesis_path).chain_id
-        yield Net(testnet, honest, orgs, chain_id)
+        yield Net(testnet, honest)
     finally:
-        codes = testnet.stop_all(timeout=30)
-        for node in testnet.nodes:
-            if codes.get(node.index, 0) != 0:
-                print(f"--- node{node.index} log (exit {codes[node.index]}) ---")
-                print(node.log_path.read_text(errors="replace")[-4000:])
+        stop_and_report(testnet)
 
 
 # --- observations ----------------------------------------------------------------------
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
-def block_hashes(url: str, upto: int) -> list[str]:
-    with httpx.Client(timeout=10) as c:
-        return [c.get(f"{url}/v1/blocks/{h}").json()["hash"] for h in range(1, upto + 1)]
-
-
 def assert_safe(net: Net) -> int:
     """Identical chains on the honest nodes up to their common height; no tx twice."""
-    top = min(int(net.status(i)["height"]) for i in net.honest)
-    chains = {i: block_hashes(net.url(i), top) for i in net.honest}
-    first = chains[net.honest[0]]
-    for i in net.honest[1:]:
-        assert chains[i] == first, f"node{i} diverges from node{net.honest[0]}"
+    top = assert_same_chain(net, net.honest)
     seen: set[str] = set()
     with httpx.Client(timeout=10) as c:
         for h in range(1, top + 1):
@@ -178,23 +140,11 @@ def assert_safe(net: Net) -> int:
 
 
 def assert_committed_once(net: Net, txs: list[PreparedTx]) -> None:
-    locations = set()
-    with httpx.Client(timeout=10) as c:
-        for p in txs:
-            body = c.get(f"{net.url(net.honest[-1])}/v1/txs/{p.hash.hex()}").json()
-            assert body["status"] == "committed", f"tx {p.hash.hex()[:16]} is {body['status']}"
-            locations.add((body["height"], body["index"]))
-    assert len(locations) == len(txs)
+    _net.assert_committed_once(net, [p.hash for p in txs], node=net.honest[-1])
 
 
 def wait_same_tip(net: Net, timeout: float = 90) -> int:
-    def same() -> int | None:
-        sts = [net.status(i) for i in net.honest]
-        heights = {int(s["height"]) for s in sts}
-        roots = {s["state_root"] for s in sts}
-        return heights.pop() if len(heights) == 1 and len(roots) == 1 else None
-
-    return wait_for(same, timeout=timeout, what="honest nodes at one height and state root")
+    return _net.wait_same_tip(net, net.honest, timeout=timeout)
 
 
 def submit_and_commit(net: Net, count: int, rate: float, timeout: float) -> LoadReport:
@@ -272,6 +222,33 @@ def test_equivocating_primary(net: Net) -> None:
             assert f"equivocation evidence from validator {byz_key.hex()[:16]}" in honest_log(
                 net, i
             )
+    # The evidence itself is kept: listed by GET /v1/evidence, checkable against
+    # genesis, and still there after the node restarts.
+    witness = next(i for i, count in evidence.items() if count)
+    listed = wait_for(
+        lambda: stored_evidence(net, witness), timeout=30, what=f"node{witness} to store evidence"
+    )
+    assert 1 <= len(listed) <= evidence[witness]
+    vs = ValidatorSet(net.chain_id, load_genesis(net.t.genesis_path).to_ledger_genesis().validators)
+    for e in listed:
+        assert (e["validator"], e["kind"]) == (byz_key.hex(), "PrePrepare")
+        first, second = (codec.decode(bytes.fromhex(e[k]), Envelope) for k in ("first", "second"))
+        assert first.payload != second.payload
+        for env in (first, second):
+            vs.check_envelope(env)  # both signed by the Byzantine validator
+            assert (env.payload.view, env.payload.height) == (e["view"], e["height"])
+    assert net.t.stop(witness) == 0
+    net.t.start(witness)
+    net.t.wait_ready([witness], timeout=60)
+    assert stored_evidence(net, witness) == listed
+    print(f"equivocate: node{witness} lists {len(listed)} evidence entries, also after a restart")
+
+
+def stored_evidence(net: Net, i: int) -> list[dict[str, Any]]:
+    r = httpx.get(f"{net.url(i)}/v1/evidence", params={"limit": 100}, timeout=10)
+    assert r.status_code == 200, r.text
+    entries: list[dict[str, Any]] = r.json()["evidence"]
+    return entries
 
 
 @pytest.mark.parametrize("net", [_param("bad-signatures")], indirect=True)
@@ -334,9 +311,7 @@ HONEST_RATE = 10.0  # tx/s of honest traffic during the flood
 VALID_FLOOD_RATE = 30.0  # tx/s of valid txs among the API junk
 
 
-@pytest.mark.parametrize(
-    "net", [_param("flood", "--flood-rate", str(FLOOD_RATE))], indirect=True
-)
+@pytest.mark.parametrize("net", [_param("flood", "--flood-rate", str(FLOOD_RATE))], indirect=True)
 def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
     target = net.honest[0]
     # Honest clients of the other hospitals: their txs must commit while one
@@ -359,9 +334,14 @@ def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
 
             async def flood() -> None:
                 out["api"] = await api_flood(
-                    net.url(target), chain_id=net.chain_id, clients=API_CLIENTS,
-                    duration_s=FLOOD_S, valid_txs=valid, valid_rate=VALID_FLOOD_RATE,
-                    big_body_bytes=30 * 2**20, kinds=API_KINDS,
+                    net.url(target),
+                    chain_id=net.chain_id,
+                    clients=API_CLIENTS,
+                    duration_s=FLOOD_S,
+                    valid_txs=valid,
+                    valid_rate=VALID_FLOOD_RATE,
+                    big_body_bytes=30 * 2**20,
+                    kinds=API_KINDS,
                 )
                 out["height_at_end"] = await trio.to_thread.run_sync(
                     lambda: min(int(net.status(i)["height"]) for i in net.honest)
@@ -394,9 +374,12 @@ def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
     print(f"flood: height {h0} -> {height_at_end} during the flood")
     print("flood: timeline\n  " + "\n  ".join(timeline))
     print(f"flood: {describe(net)}")
-    print("flood: peak RSS MB " + ", ".join(
-        f"node{i}{' (byzantine)' if i == byz else ''} {v / 2**20:.0f}" for i, v in rss.items()
-    ))
+    print(
+        "flood: peak RSS MB "
+        + ", ".join(
+            f"node{i}{' (byzantine)' if i == byz else ''} {v / 2**20:.0f}" for i, v in rss.items()
+        )
+    )
     assert all(net.t.nodes[i].running for i in net.honest)
     assert api.server_errors() == 0, api.summary()
     assert height_at_end > h0, "nothing committed while the flood ran"
@@ -411,11 +394,16 @@ def test_flood_from_a_peer_and_api_clients(net: Net) -> None:
 
 
 def _flood_drops(net: Net) -> dict[str, float]:
-    reasons = ("consensus_out_of_window", "consensus_over_cap", "consensus_input_full",
-               "receive_full")
+    reasons = (
+        "consensus_out_of_window",
+        "consensus_over_cap",
+        "consensus_input_full",
+        "receive_full",
+    )
     return {
-        r: sum(metric(net.url(i), "medledger_p2p_messages_dropped_total", reason=r)
-               for i in net.honest)
+        r: sum(
+            metric(net.url(i), "medledger_p2p_messages_dropped_total", reason=r) for i in net.honest
+        )
         for r in reasons
     }
 

@@ -23,51 +23,21 @@ from ledger.tx import RegisterPatient, make_tx
 from node.config import Config, HostPort
 from node.genesis_file import load_genesis
 from node.keyfile import load_key_file
-from node.load import prepare_registrations, run_load
+from node.load import run_load
 from node.p2p import Transport
 from node.runner import LocalTestnet, wait_for
+from tests.multiprocess._net import (
+    Net,
+    assert_committed_once,
+    assert_same_chain,
+    metric,
+    stop_and_report,
+    wait_same_tip,
+)
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 N = 4
-
-
-class Net:
-    """The shared testnet plus the client-side bookkeeping of nonces."""
-
-    def __init__(self, testnet: LocalTestnet) -> None:
-        self.t = testnet
-        self.orgs = [load_key_file(n.home / "node_key.json") for n in testnet.nodes]
-        self.nonces = {k.public_key: 0 for k in self.orgs}
-        self.chain_id = str(self.status(0)["chain_id"])
-        self.seed = 0
-
-    def url(self, i: int) -> str:
-        return self.t.nodes[i].api_url
-
-    def status(self, i: int) -> dict[str, Any]:
-        st = self.t.nodes[i].status()
-        assert st is not None, f"node{i} does not answer"
-        return st
-
-    def heights(self, nodes: list[int] | None = None) -> list[int]:
-        return [int(self.status(i)["height"]) for i in (nodes or range(N))]
-
-    def registrations(self, count: int, org_indices: list[int] | None = None) -> list[Any]:
-        chosen = [self.orgs[i] for i in (org_indices or range(N))]
-        txs = prepare_registrations(
-            [(k, self.nonces[k.public_key]) for k in chosen], self.chain_id, count, seed=self.seed
-        )
-        self.seed += 1
-        for i in range(count):
-            self.nonces[chosen[i % len(chosen)].public_key] += 1
-        return txs
-
-    def block_hashes(self, i: int, upto: int) -> list[str]:
-        with httpx.Client(timeout=10) as c:
-            return [
-                c.get(f"{self.url(i)}/v1/blocks/{h}").json()["hash"] for h in range(1, upto + 1)
-            ]
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +50,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         testnet.wait_ready(timeout=90)
         yield Net(testnet)
     finally:
-        codes = testnet.stop_all(timeout=30)
-        for node in testnet.nodes:
-            if codes.get(node.index, 0) != 0:
-                print(f"--- node{node.index} log (exit {codes[node.index]}) ---")
-                print(node.log_path.read_text(errors="replace")[-4000:])
+        stop_and_report(testnet)
 
 
 def _load(net: Net, count: int, rate: float, nodes: list[int] | None = None) -> Any:
@@ -94,37 +60,6 @@ def _load(net: Net, count: int, rate: float, nodes: list[int] | None = None) -> 
     return txs, report
 
 
-def _assert_same_chain(net: Net, nodes: list[int]) -> int:
-    """Identical block hashes at every common height; returns that height."""
-    top = min(net.heights(nodes))
-    chains = {i: net.block_hashes(i, top) for i in nodes}
-    first = chains[nodes[0]]
-    for i in nodes[1:]:
-        assert chains[i] == first, f"node{i} diverges from node{nodes[0]}"
-    return top
-
-
-def _wait_same_tip(net: Net, nodes: list[int], timeout: float = 60) -> int:
-    def same() -> int | None:
-        sts = [net.status(i) for i in nodes]
-        heights = {int(s["height"]) for s in sts}
-        roots = {s["state_root"] for s in sts}
-        return heights.pop() if len(heights) == 1 and len(roots) == 1 else None
-
-    return wait_for(same, timeout=timeout, what="all nodes at one height and state root")
-
-
-def _committed_once(net: Net, hashes: list[bytes], node: int = 0) -> None:
-    """Every hash committed, and each at exactly one (height, index)."""
-    locations = set()
-    with httpx.Client(timeout=10) as c:
-        for h in hashes:
-            body = c.get(f"{net.url(node)}/v1/txs/{h.hex()}").json()
-            assert body["status"] == "committed", f"tx {h.hex()[:16]} is {body['status']}"
-            locations.add((body["height"], body["index"]))
-    assert len(locations) == len(hashes)
-
-
 def test_testnet_reaches_ready_and_commits(net: Net) -> None:
     for i in range(N):
         assert net.t.nodes[i].is_ready()
@@ -132,7 +67,7 @@ def test_testnet_reaches_ready_and_commits(net: Net) -> None:
         assert len(st["validators"]) == N
     _, report = _load(net, 20, rate=100)
     assert report.committed == 20, report.summary()
-    assert min(net.heights()) >= 1 or _wait_same_tip(net, list(range(N))) >= 1
+    assert min(net.heights()) >= 1 or wait_same_tip(net, list(range(N))) >= 1
 
 
 def test_2000_txs_committed_exactly_once_on_identical_chains(net: Net) -> None:
@@ -140,9 +75,9 @@ def test_2000_txs_committed_exactly_once_on_identical_chains(net: Net) -> None:
     print("load:", report.summary())
     assert report.accepted == 2000, report.summary()
     assert report.committed == 2000, report.summary()
-    _wait_same_tip(net, list(range(N)))
-    _assert_same_chain(net, list(range(N)))
-    _committed_once(net, [p.hash for p in txs])
+    wait_same_tip(net, list(range(N)))
+    assert_same_chain(net, list(range(N)))
+    assert_committed_once(net, [p.hash for p in txs], node=0)
 
 
 def test_metrics_parse_and_move(net: Net) -> None:
@@ -188,7 +123,7 @@ def test_sigterm_exits_zero_and_restarts_without_recovery(net: Net) -> None:
     net.t.wait_ready([i], timeout=60)
     assert net.heights([i])[0] >= height_before
     _load(net, 40, rate=200)
-    _wait_same_tip(net, list(range(N)))
+    wait_same_tip(net, list(range(N)))
 
 
 def test_kill_primary_under_load_view_changes_and_loses_nothing(net: Net) -> None:
@@ -223,8 +158,8 @@ def test_kill_primary_under_load_view_changes_and_loses_nothing(net: Net) -> Non
     net.t.start(pi)
     net.t.wait_ready([pi], timeout=60)
     _load(net, 20, rate=100, nodes=survivors)
-    _wait_same_tip(net, list(range(N)), timeout=90)
-    _assert_same_chain(net, list(range(N)))
+    wait_same_tip(net, list(range(N)), timeout=90)
+    assert_same_chain(net, list(range(N)))
 
 
 def test_killed_replica_catches_up_200_blocks_by_state_transfer(net: Net) -> None:
@@ -238,17 +173,8 @@ def test_killed_replica_catches_up_200_blocks_by_state_transfer(net: Net) -> Non
         _load(net, 20, rate=400, nodes=others)
     net.t.start(victim)
     net.t.wait_ready([victim], timeout=90)
-    _wait_same_tip(net, list(range(N)), timeout=120)
-    _assert_same_chain(net, list(range(N)))
-
-
-def _metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            if sample.name == name:
-                return float(sample.value)
-    raise AssertionError(f"{name} missing")
+    wait_same_tip(net, list(range(N)), timeout=120)
+    assert_same_chain(net, list(range(N)))
 
 
 def test_non_validator_peer_is_refused(net: Net) -> None:
@@ -256,23 +182,26 @@ def test_non_validator_peer_is_refused(net: Net) -> None:
     target = doc.validators[0]
     ti = next(i for i, k in enumerate(net.orgs) if k.public_key == target.public_key)
     url = net.url(ti)
-    before = _metric(url, "medledger_p2p_peers_refused_total")
+    before = metric(url, "medledger_p2p_peers_refused_total")
     stranger = KeyPair.generate()
 
     async def knock() -> None:
         cfg = dataclasses.replace(Config().p2p, listen=HostPort("127.0.0.1", 0))
         transport = Transport(
-            cfg, stranger,
+            cfg,
+            stranger,
             {stranger.public_key: None, target.public_key: target.p2p_address},
-            chain_id=doc.chain_id, private_network_key=doc.private_network_key,
+            chain_id=doc.chain_id,
+            private_network_key=doc.private_network_key,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(transport.run)
             transport.send_to(target.public_key, b"let me in")
             with trio.fail_after(30):
-                while await trio.to_thread.run_sync(
-                    _metric, url, "medledger_p2p_peers_refused_total"
-                ) <= before:
+                while (
+                    await trio.to_thread.run_sync(metric, url, "medledger_p2p_peers_refused_total")
+                    <= before
+                ):
                     await trio.sleep(0.1)
                     transport.send_to(target.public_key, b"let me in")
             nursery.cancel_scope.cancel()

@@ -147,6 +147,9 @@ class FakeFacade:
     async def patient_audit(self, patient: bytes, reader: bytes) -> object:
         return {"patient": patient, "entries": []}
 
+    async def evidence(self, limit: int, before: int | None) -> object:
+        return {"retained": 0, "next_before": None, "evidence": []}
+
 
 @pytest.fixture
 def metrics() -> NodeMetrics:
@@ -209,6 +212,7 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         "/v1/blocks/{height}",
         "/v1/records/{record_id}",
         "/v1/patients/{patient_id}/audit",
+        "/v1/evidence",
     }
     assert set(doc["paths"]) == expected
     assert "requestBody" in doc["paths"]["/v1/txs"]["post"]
@@ -398,7 +402,11 @@ async def test_account(client: httpx.AsyncClient) -> None:
     key = "07" * 32
     body = (await client.get(f"/v1/accounts/{key}")).json()
     assert body == {
-        "key": key, "kind": "organisation", "org": key, "nonce": 4, "next_nonce": 6,
+        "key": key,
+        "kind": "organisation",
+        "org": key,
+        "nonce": 4,
+        "next_nonce": 6,
     }
     r = await client.get(f"/v1/accounts/{'08' * 32}")
     assert r.status_code == 404 and error_code(r) == "NOT_FOUND"
