@@ -42,7 +42,13 @@ the docstrings below):
 * State transfer: stable checkpoints above us, or a STATUS exchange when we
   stall, lead to STATE-REQUEST; every returned block must carry a commit
   certificate that verifies against the validator set and match its digest and
-  parent. One honest peer suffices; forged certificates are counted.
+  parent. One honest peer suffices; forged certificates are counted. Requests
+  are pipelined: up to ``state_pipeline`` ranges are in flight, and the next
+  one is sent when a response arrives, *before* that response's blocks are
+  handed to execution, so the peer serves while this node executes. Blocks
+  that arrive ahead of a gap wait in a buffer bounded in heights and bytes;
+  a block is committed only at the next height, with a verified certificate,
+  on our chain -- exactly as an unpipelined transfer would.
 """
 
 from __future__ import annotations
@@ -111,9 +117,15 @@ class ConsensusConfig:
     resend_interval_ms: int = 500
     state_request_timeout_ms: int = 2_000
     state_batch: int = 64
+    #: State requests in flight at once: the next range is fetched while the
+    #: previous one executes (see "State transfer" in the module docstring).
+    state_pipeline: int = 2
     max_message_size: int = 32 * 1024 * 1024
     max_votes_per_sender_slot: int = 8
     max_view_changes_per_sender: int = 4
+    #: What one peer may make us serve per resend tick: this many half-frames
+    #: of blocks, in at most four times as many requests (small blocks: a
+    #: pipelined laggard asks often, and a refused request costs it a timeout).
     max_state_requests_per_tick: int = 4
 
     def __post_init__(self) -> None:
@@ -131,6 +143,7 @@ class ConsensusConfig:
             "resend_interval_ms",
             "state_request_timeout_ms",
             "state_batch",
+            "state_pipeline",
             "max_message_size",
             "max_votes_per_sender_slot",
             "max_view_changes_per_sender",
@@ -308,6 +321,28 @@ class _Slot:
         return self.pp_digest in self.blocks
 
 
+@dataclass(frozen=True, slots=True)
+class _StRequest:
+    """A STATE-REQUEST in flight: heights ``lo..hi`` asked of ``peer``."""
+
+    peer: bytes
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A state-transfer block whose certificate verified, waiting for its height."""
+
+    block: bytes
+    certificate: CommitCertificate
+    parent: bytes | None
+
+
+#: "No upper bound" for a probing state transfer (heights fit in 63 bits).
+_NO_LIMIT = 1 << 63
+
+
 def _own_key(payload: Payload) -> tuple[str, int, int] | None:
     """The slot an own message occupies; two different messages there would equivocate."""
     if isinstance(payload, PrePrepare):
@@ -430,12 +465,18 @@ class Replica:
         self._quiet_ticks = 0
         self._status_replied: set[bytes] = set()
         self._nv_replied: set[bytes] = set()
-        self._requests_served: dict[bytes, int] = {}
-        self._st_target = 0
-        self._st_probe = False  # _st_target is a guess that the last peer has more
-        self._st_outstanding: bytes | None = None
+        self._requests_served: dict[bytes, tuple[int, int]] = {}  # (requests, bytes) this tick
+        self._st_target = 0  # a height the network is known to have committed
+        self._st_probe = False  # peers may have more than _st_target: ask until an empty answer
+        self._st_limit = _NO_LIMIT  # while probing: a peer answered nothing above this
+        self._st_requests: list[_StRequest] = []  # in flight, at most state_pipeline
+        self._st_buffer: dict[int, _Fetched] = {}  # verified, above the next height
+        self._st_buffer_bytes = 0
         self._st_rotation = 0
-        self._st_attempts = 0
+        self._st_attempts = 0  # failed requests since the last progress
+        self._offer_ticks = 0  # resend ticks since this view change's first BlockOffers
+        self._offer_target = -1  # the view change those ticks count for
+        self._primary_heard = False  # the target primary's VIEW-CHANGE came in since
         self._effects: list[Effect] = []
         self._c = _Counters()
         self._replaying = False
@@ -499,8 +540,12 @@ class Replica:
         elif kind is TimerKind.RESEND:
             self._on_tick()
         elif kind is TimerKind.STATE:
-            self._st_outstanding = None
+            # Nothing useful came back in time: give up on what is in flight
+            # (a late answer is still used, as an unsolicited one) and ask the
+            # next peer.
+            self._st_requests.clear()
             self._st_rotation += 1
+            self._st_attempts += 1
             self._request_state()
         return self._take()
 
@@ -881,8 +926,7 @@ class Replica:
                 del self._committed_digests[h]
         self._step()
         self._arm_progress()
-        if self._st_target > self.committed:
-            self._request_state()
+        self._request_state()
 
     def _has_work(self) -> bool:
         if any(h > self.committed and s.pp_view == self.view for h, s in self._slots.items()):
@@ -1047,6 +1091,10 @@ class Replica:
             return
         store = self._vc_store.setdefault(env.sender, {})
         svc = SignedViewChange(env.sender, vc, env.signature)
+        if self.in_view_change and vc.new_view == self.vc_target == self._offer_target and (
+            env.sender == self.vs.primary(vc.new_view)
+        ):
+            self._primary_heard = True  # it is alive and still collecting: see _offer_blocks
         prior = store.get(vc.new_view)
         if prior is not None:
             if prior != svc:
@@ -1117,13 +1165,38 @@ class Replica:
             self._last_cert = cert
         return cert if cert.digest == self._committed_digests.get(self.committed) else None
 
-    def _offer_blocks(self) -> None:
-        """Send the new primary the blocks our VIEW-CHANGE names (it may lack them)."""
+    def _offer_blocks(self, *, resend: bool = False) -> None:
+        """Send the new primary the blocks our VIEW-CHANGE names (it may lack them).
+
+        Each is a whole block, so they go once when the view change starts
+        (or after a restart) and then only on resend ticks 2, 4, 8, ... of
+        this view change, and only while the new primary is heard from (its
+        VIEW-CHANGE for the target came in since the last offer): a lost offer
+        is made good within a second, a dead or slow primary is not flooded,
+        and a long view change costs O(log ticks) offers instead of one per
+        tick. A block its own VIEW-CHANGE shows prepared is not re-sent: it
+        holds it. The backoff restarts when a quorum of view changes forms
+        (the primary then needs the blocks to send NEW-VIEW).
+        """
         primary = self.vs.primary(self.vc_target)
         own = self._own.get(("vc", self.vc_target, 0))
         if primary == self.id or own is None or not isinstance(own.payload, ViewChange):
             return
+        if self._offer_target != self.vc_target:
+            self._offer_target, self._offer_ticks = self.vc_target, 0
+        held: set[tuple[int, bytes]] = set()
+        if resend:
+            self._offer_ticks += 1
+            t = self._offer_ticks
+            if t < 2 or t & (t - 1) or not self._primary_heard:
+                return
+            theirs = self._vc_store.get(primary, {}).get(self.vc_target)
+            if theirs is not None:
+                held = {(p.height, p.digest) for p in theirs.view_change.prepared}
+        self._primary_heard = False
         for p in own.payload.prepared:
+            if (p.height, p.digest) in held:
+                continue
             slot = self._slots.get(p.height)
             block = slot.blocks.get(p.digest) if slot is not None else None
             if block is not None:
@@ -1157,6 +1230,8 @@ class Replica:
             return
         if self._vc_timer_for != t:
             self._vc_timer_for = t
+            if self._offer_target == t:
+                self._offer_ticks = 0  # the primary can act now: offer again soon
             self._start_timer(
                 TimerKind.VIEW_CHANGE,
                 self._backoff(self.config.view_change_timeout_ms, self._consecutive_vc - 1),
@@ -1289,78 +1364,162 @@ class Replica:
     # ================================================================ state transfer
 
     def _note_lag(self, height: int) -> None:
+        """Certified evidence that the network committed ``height``: fetch up to it."""
         if height > self._st_target:
             self._st_target = height
             self._st_probe = False
+            self._st_limit = _NO_LIMIT
         self._request_state()
 
-    def _request_state(self) -> None:
-        if self._replaying or self._st_outstanding is not None:
-            return
-        if self.committed >= self._st_target:
-            return
-        if self._st_attempts >= 2 * self.vs.n:
-            return  # nobody answers usefully; wait for new evidence
-        self._st_attempts += 1
+    def _st_window(self) -> int:
+        """Heights above the committed one that may be fetched but not yet executed.
+
+        One batch is being executed while ``state_pipeline`` more are in
+        flight: that is what keeps the peer busy while we execute, and it
+        bounds this node's buffer whatever peers send.
+        """
+        return (self.config.state_pipeline + 1) * self.config.state_batch
+
+    def _st_horizon(self) -> int:
+        """The highest height worth asking for now."""
+        top = self.committed + self._st_window()
+        if self._st_probe:
+            return min(top, self._st_limit)
+        return min(top, self._st_target)
+
+    def _st_next_range(self) -> tuple[int, int] | None:
+        """The lowest range of heights neither fetched nor in flight, up to the horizon."""
+        horizon = self._st_horizon()
+        spans = sorted((r.lo, r.hi) for r in self._st_requests)
+        h = self.committed + 1
+        moved = True
+        while moved:
+            moved = False
+            while h in self._st_buffer:
+                h += 1
+            for lo, hi in spans:
+                if lo <= h <= hi:
+                    h, moved = hi + 1, True
+        if h > horizon:
+            return None
+        hi = min(horizon, h + self.config.state_batch - 1)
+        for lo, _ in spans:
+            if h < lo <= hi:
+                hi = lo - 1
+        for b in self._st_buffer:
+            if h < b <= hi:
+                hi = b - 1
+        return h, hi
+
+    def _st_peer(self) -> bytes | None:
+        """The peer asked for blocks now (rotates on failures)."""
         peers = [v for v in self.vs.validators if v != self.id]
-        if not peers:
+        return peers[self._st_rotation % len(peers)] if peers else None
+
+    def _request_state(self) -> None:
+        """Keep up to ``state_pipeline`` requests in flight, all to the current peer.
+
+        One peer at a time: its answers show what it holds (an empty answer
+        means it has nothing from that height), and a peer that does not
+        answer in time or forges certificates is left for the next one.
+        """
+        if self._replaying or self._st_attempts >= 2 * self.vs.n:
+            return  # nobody answers usefully; wait for new evidence (or a stalled tick)
+        if self.committed >= self._st_target and not self._st_probe:
             return
-        peer = peers[self._st_rotation % len(peers)]
-        lo = self.committed + 1
-        hi = min(self._st_target, self.committed + self.config.state_batch)
-        env = sign(self._key, self.vs.chain_id, StateRequest(lo, hi))
-        self._c.state_requests_sent += 1
-        self._st_outstanding = peer
-        self._send_env(peer, env)
-        self._start_timer(TimerKind.STATE, self.config.state_request_timeout_ms)
+        peer = self._st_peer()
+        if peer is None:
+            return
+        while len(self._st_requests) < self.config.state_pipeline:
+            wanted = self._st_next_range()
+            if wanted is None:
+                return
+            lo, hi = wanted
+            env = sign(self._key, self.vs.chain_id, StateRequest(lo, hi))
+            self._c.state_requests_sent += 1
+            if not self._st_requests:
+                self._start_timer(TimerKind.STATE, self.config.state_request_timeout_ms)
+            self._st_requests.append(_StRequest(peer, lo, hi))
+            self._send_env(peer, env)
 
     def _on_state_request(self, env: Envelope, req: StateRequest) -> None:
-        served = self._requests_served.get(env.sender, 0)
-        if served >= self.config.max_state_requests_per_tick:
+        cap = self.config.max_state_requests_per_tick
+        count, size = self._requests_served.get(env.sender, (0, 0))
+        if count >= 4 * cap or size >= cap * (self.config.max_message_size // 2):
             self._c.dropped_over_cap += 1
             return
-        self._requests_served[env.sender] = served + 1
         hi = min(req.to_height, req.from_height + self.config.state_batch - 1, self.committed)
-        self._send_blocks(env.sender, req.from_height, hi)
+        sent = self._send_blocks(env.sender, req.from_height, hi)
+        self._requests_served[env.sender] = (count + 1, size + sent)
 
-    def _send_blocks(self, peer: bytes, lo: int, hi: int) -> None:
+    def _send_blocks(self, peer: bytes, lo: int, hi: int) -> int:
         """Answer with committed blocks from ``lo``: at most ``hi``, and within half a frame.
 
         The byte budget matters as much as the count: 64 full blocks do not fit
         in one network frame, and a response the transport refuses would leave
-        the laggard asking forever.
+        the laggard asking forever. Returns the bytes of blocks and certificates sent.
         """
         blocks: list[CommittedBlock] = []
         budget = self.config.max_message_size // 2
+        sent = 0
         for h in range(lo, hi + 1):
             got = self.app.committed_block(h)
             if got is None:
                 break
             block, cert_bytes = got
-            budget -= len(block) + len(cert_bytes)
-            if blocks and budget < 0:
+            size = len(block) + len(cert_bytes)
+            if blocks and sent + size > budget:
                 break
             try:
                 cert = codec.decode(cert_bytes, CommitCertificate)
             except LedgerError:
                 raise LocalProtocolError(f"stored certificate at {h} is undecodable") from None
             blocks.append(CommittedBlock(block, cert))
+            sent += size
         self._send_env(peer, sign(self._key, self.vs.chain_id, StateResponse(blocks)))
+        return sent
+
+    def _st_match(self, sender: bytes, resp: StateResponse) -> _StRequest | None:
+        """The request in flight that ``resp`` answers (None: unsolicited or too late).
+
+        A non-empty answer starts at the height asked for. An empty one is
+        taken for the highest request to that peer: if the lower one is empty
+        too, its own answer says so, while the opposite guess could end a
+        transfer that the lower answer, still on its way, would continue.
+        """
+        mine = sorted((r for r in self._st_requests if r.peer == sender), key=lambda r: r.lo)
+        if not mine:
+            return None
+        if resp.blocks:
+            first = resp.blocks[0].certificate.height
+            found = next((r for r in mine if r.lo == first), None)
+        else:
+            found = mine[-1]
+        if found is not None:
+            self._st_requests.remove(found)
+        return found
 
     def _on_state_response(self, env: Envelope, resp: StateResponse) -> None:
-        from_outstanding = env.sender == self._st_outstanding
-        if from_outstanding:
-            self._st_outstanding = None
-            self._cancel_timer(TimerKind.STATE)
-        before = self.committed
+        """Verify, buffer, ask for the next range, then commit what extends our chain.
+
+        The next STATE-REQUEST is emitted before the CommitBlocks of this
+        response: the driver performs effects in order, so the peer serves it
+        while this node executes. A block waits in the buffer only after its
+        certificate verified and its digest matched; it is committed at the
+        next height only, after the parent check, once per height.
+        """
+        matched = self._st_match(env.sender, resp)
         bad = False
+        added = 0
+        top = self.committed + self._st_window()
+        room = (self.config.state_pipeline + 1) * (self.config.max_message_size // 2)
         for cb in resp.blocks:
             cert = cb.certificate
             h = cert.height
-            if h <= self.committed:
+            if h <= self.committed or h in self._st_buffer:
                 continue
-            if h != self.committed + 1:
-                break
+            if h > top or not self._st_make_room(h, len(cb.block), room):
+                break  # beyond what we keep; asked for again later
             try:
                 self.vs.check_certificate(cert)
             except InvalidProofError:
@@ -1371,30 +1530,91 @@ class Replica:
                 self._c.forged_certificates += 1
                 bad = True
                 break
-            if self.app.parent_of(cb.block) != self._committed_digests[self.committed]:
+            self._st_buffer[h] = _Fetched(cb.block, cert, self.app.parent_of(cb.block))
+            self._st_buffer_bytes += len(cb.block)
+            added += 1
+        if bad and (matched is not None or env.sender == self._st_peer()):
+            # The peer we ask forges: leave it. (An unsolicited forgery is only
+            # counted, or any validator could steer us away from honest peers.)
+            self._st_requests = [r for r in self._st_requests if r.peer != env.sender]
+            self._st_rotation += 1
+            self._st_attempts += 1
+        elif matched is not None and not resp.blocks:
+            self._st_nothing_from(env.sender, matched)
+        if added and self._st_reach() >= self._st_target and not self._st_probe:
+            # We reach all we know of; the peer may hold more (answers are cut
+            # by count and bytes): keep asking until an empty answer.
+            self._st_probe = True
+            self._st_limit = _NO_LIMIT
+        if not self._st_requests:
+            self._cancel_timer(TimerKind.STATE)
+        elif matched is not None and added:
+            self._start_timer(TimerKind.STATE, self.config.state_request_timeout_ms)
+        self._request_state()  # before the commits below: pipelining
+        self._st_drain()
+
+    def _st_make_room(self, height: int, size: int, room: int) -> bool:
+        """Whether a block of ``size`` bytes at ``height`` may be buffered now.
+
+        The blocks that extend the next height always fit (they execute
+        right away); another one evicts buffered blocks above it, highest
+        first, or is refused. So the buffer stays within ``room`` plus one
+        answer, and blocks above a gap can never crowd out the block that
+        fills it.
+        """
+        if height <= self._st_reach() + 1:
+            return True
+        while self._st_buffer_bytes + size > room:
+            highest = max(self._st_buffer, default=0)
+            if highest <= height:
+                return False
+            self._st_buffer_bytes -= len(self._st_buffer.pop(highest).block)
+        return True
+
+    def _st_reach(self) -> int:
+        """The committed height plus the buffered blocks right above it."""
+        h = self.committed
+        while h + 1 in self._st_buffer:
+            h += 1
+        return h
+
+    def _st_nothing_from(self, peer: bytes, req: _StRequest) -> None:
+        """``peer`` answered ``req`` with nothing: it holds nothing from ``req.lo`` on."""
+        reach = self._st_reach()
+        if reach >= self._st_target:
+            if req.lo <= reach + 1:
+                self._st_probe = False  # the probe found nothing more: done
+                self._st_limit = _NO_LIMIT
+            elif self._st_probe:
+                self._st_limit = min(self._st_limit, req.lo - 1)  # asked past its tip
+            return
+        # It lags what we know was committed: ask the next peer from now on.
+        self._st_rotation += 1
+        self._st_attempts += 1
+        if req.lo <= reach + 1:
+            self._st_requests = [r for r in self._st_requests if r.peer != peer]
+
+    def _st_drain(self) -> None:
+        """Commit buffered blocks from the next height up; drop what is now below it."""
+        progressed = False
+        while (f := self._st_buffer.pop(self.committed + 1, None)) is not None:
+            h = self.committed + 1
+            self._st_buffer_bytes -= len(f.block)
+            cert = f.certificate
+            if f.parent != self._committed_digests[self.committed]:
                 # A valid certificate on another chain would mean > f faulty validators.
                 raise SafetyViolationError(f"certified block at {h} does not extend our chain")
             slot = self._slots.get(h)
             if slot is not None and slot.decided is not None and slot.decided[0] != cert.digest:
                 raise SafetyViolationError(f"conflicting certificates at height {h}")
             self._c.state_blocks_received += 1
-            self._commit_block(h, cb.block, cert.digest, cert)
-        if bad:
-            self._st_rotation += 1
-        if self.committed > before:
-            if self._st_target <= self.committed:
-                # The peer may have more (a response is cut by count and by bytes);
-                # one more request finds out, an empty answer ends it.
-                self._st_target = self.committed + 1
-                self._st_probe = True
+            self._commit_block(h, f.block, cert.digest, cert)
+            progressed = True
+        for h in [h for h in self._st_buffer if h <= self.committed]:
+            self._st_buffer_bytes -= len(self._st_buffer.pop(h).block)
+        if progressed:
             self._on_progress()
             self._execute()
-        elif from_outstanding and self._st_probe and self._st_target == self.committed + 1:
-            self._st_target = self.committed  # the probe found nothing more: done
-            self._st_probe = False
-        elif from_outstanding:
-            self._st_rotation += 1
-            self._request_state()
 
     def _on_status(self, env: Envelope, st: Status) -> None:
         if st.committed_height < self.committed and env.sender not in self._status_replied:
@@ -1425,8 +1645,7 @@ class Replica:
             self._resend_own()
             self._send_status()
             self._st_attempts = 0
-            if self._st_target > self.committed:
-                self._request_state()
+            self._request_state()
         elif self._quiet_ticks % IDLE_STATUS_TICKS == 0 and self._quiet_ticks:
             # Idle, perhaps just restarted with our first STATUS lost before the
             # links came up: without this an idle network would never tell us
@@ -1441,7 +1660,7 @@ class Replica:
             env = self._own.get(("vc", self.vc_target, 0))
             if env is not None:
                 self._broadcast_env(env)
-                self._offer_blocks()
+                self._offer_blocks(resend=True)
             return
         if self._nv_env is not None and self._nv_env.sender == self.id:
             self._broadcast_env(self._nv_env)

@@ -24,10 +24,10 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
@@ -77,6 +77,24 @@ _WAKE = _Wake()
 
 #: Inputs handled per scheduler turn at most (see ``ConsensusService._drain_queued``).
 _DRAIN_BATCH = 64
+#: Bounds of one run of commits handed to the worker thread (and, for an
+#: application with ``commit_run``, written in one synced batch): its blocks
+#: and the writes they cause are held in memory until the batch is durable.
+RUN_MAX_BLOCKS = 64
+RUN_MAX_BYTES = 16 * 1024 * 1024
+
+
+@runtime_checkable
+class RunCommitter(Protocol):
+    """An application that can execute consecutive heights with one durable write.
+
+    Optional, beside :meth:`consensus.app.Application.commit`: the service
+    uses it when present. It must make every height of the run durable before
+    it returns (the core learns of each execution only afterwards) and
+    return the state digests in order.
+    """
+
+    def commit_run(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[bytes]: ...
 
 
 class ConsensusService:
@@ -193,13 +211,24 @@ class ConsensusService:
         return fn()
 
     def _commit_run(self, run: list[CommitBlock]) -> list[bytes]:
-        """Execute consecutive committed heights in order (in the worker thread)."""
-        states = []
+        """Execute consecutive committed heights in order (in the worker thread).
+
+        With a :class:`RunCommitter` the whole run becomes durable in one
+        write (one fsync instead of one per height); either way every height
+        is durable before this returns, and only then does the core hear of it.
+        """
+        if isinstance(self.app, RunCommitter):
+            items = [(e.height, e.block, codec.encode(e.certificate)) for e in run]
+            states = self.app.commit_run(items)
+            if len(states) != len(run) or not all(isinstance(s, bytes) for s in states):
+                raise TypeError("commit_run must return one state digest per height")
+            return states
+        out = []
         for e in run:
             state = self.app.commit(e.height, e.block, codec.encode(e.certificate))
             assert isinstance(state, bytes)
-            states.append(state)
-        return states
+            out.append(state)
+        return out
 
     async def _sync_wal(self) -> None:
         if self._dirty:
@@ -227,10 +256,17 @@ class ConsensusService:
                 # A run of commits (state transfer hands over up to a batch of
                 # blocks at once) goes to the worker thread in one hand-off.
                 run = [e]
-                while todo and isinstance(todo[0], CommitBlock):
+                size = len(e.block)
+                while (
+                    todo
+                    and isinstance(todo[0], CommitBlock)
+                    and len(run) < RUN_MAX_BLOCKS
+                    and size + len(todo[0].block) <= RUN_MAX_BYTES
+                ):
                     nxt = todo.popleft()
                     assert isinstance(nxt, CommitBlock)
                     run.append(nxt)
+                    size += len(nxt.block)
                 states = await self._run_sync(partial(self._commit_run, run))
                 assert isinstance(states, list)
                 for done, state in zip(run, states, strict=True):

@@ -1,4 +1,4 @@
-"""The node's store: one atomic batch per committed height, checksummed reads.
+"""The node's store: one atomic batch per committed height (or run of heights), checksummed reads.
 
 :class:`Store` is the only owner of the on-disk state of a node. It knows no
 ledger or consensus types: blocks, certificates and results are canonical
@@ -7,7 +7,9 @@ bytes, state keys are the ledger's own. What it guarantees:
 - ``commit(bundle)`` writes everything a height changes in ONE write batch
   (LevelDB ``sync=True``), after validating the bundle; if validation fails
   nothing is written. After a crash the store holds every height up to some
-  ``h`` in full and nothing of ``h + 1``.
+  ``h`` in full and nothing of ``h + 1``. ``begin_run()`` does the same for
+  several consecutive heights at once (:class:`CommitRun`: one batch, one
+  fsync); a crash then leaves the store at the end of some run.
 - Every value read is checked against its checksum; corruption raises
   :class:`ledger.errors.CorruptionError` and is never returned as data.
 - Erased blobs are deleted, not tombstoned; :meth:`Store.compact_blobs` makes
@@ -19,6 +21,7 @@ state transfer); each later one must be the next height.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -138,75 +141,98 @@ class Store:
         is not the next one or a field is malformed, and
         :class:`~ledger.errors.StorageIOError` / ``StorageFullError`` when the
         disk refuses the batch: nothing of the height is stored, every earlier
-        height stays whole, and the caller must stop. The per-item checks run
-        while the batch is built (one pass: this is the hot path of a node),
-        and the batch is handed to the backend only once all of them passed.
+        height stays whole, and the caller must stop. (A run of one height:
+        see :meth:`begin_run`.)
         """
-        self._validate_header(bundle)
+        run = self.begin_run()
+        run.add(bundle)
+        run.write()
+
+    def begin_run(self) -> CommitRun:
+        """Start committing consecutive heights together: one atomic, synced batch for all.
+
+        The run is also a :class:`storage.api.StateReader` of the state after
+        its last added height, so each height can be applied on top of the
+        ones before it; nothing is visible to the store's own readers (or on
+        disk) until :meth:`CommitRun.write`. One run at a time, by the single
+        writer.
+        """
+        return CommitRun(self)
+
+    def _bundle_ops(self, bundle: CommitBundle, first: bool) -> list[tuple[bytes, bytes | None]]:
+        """Every (stored key, payload or None for a delete) that ``bundle`` writes.
+
+        The per-item checks run while the list is built (one pass: this is the
+        hot path of a node); ``first``: the store holds no height yet.
+        """
         h = bundle.height
-        sealed = _Sealer()
-        put, delete = sealed.put, sealed.delete
+        ops: list[tuple[bytes, bytes | None]] = []
+        put = ops.append
         try:
-            put(schema.block_key(h), bundle.block_bytes)
-            put(schema.block_hash_key(h), bundle.block_hash)
-            put(schema.height_by_hash_key(bundle.block_hash), schema.encode_height(h))
-            put(schema.certificate_key(h), bundle.certificate)
-            put(schema.results_key(h), bundle.results)
-            put(schema.state_root_key(h), bundle.state_root)
+            put((schema.block_key(h), bundle.block_bytes))
+            put((schema.block_hash_key(h), bundle.block_hash))
+            put((schema.height_by_hash_key(bundle.block_hash), schema.encode_height(h)))
+            put((schema.certificate_key(h), bundle.certificate))
+            put((schema.results_key(h), bundle.results))
+            put((schema.state_root_key(h), bundle.state_root))
             location = schema.encode_location
             for index, tx_hash in enumerate(bundle.tx_hashes):
                 if len(tx_hash) != HASH_SIZE:
                     raise InvalidBundleError(f"tx hash {index} is not {HASH_SIZE} bytes")
-                put(_TX + tx_hash, location(h, index))
+                put((_TX + tx_hash, location(h, index)))
             for key, value in bundle.state_writes:
-                if value is None:
-                    delete(_STATE + key)
-                else:
-                    put(_STATE + key, value)
+                _check_bytes(value, allow_none=True)
+                put((_STATE + key, value))
             for node_id, node in bundle.tree_writes:
-                put(_TREE + node_id, node)
+                _check_bytes(node, allow_none=False)
+                put((_TREE + node_id, node))
             for blob_hash, blob in bundle.blob_puts:
                 if len(blob_hash) != HASH_SIZE:
                     raise InvalidBundleError(f"blob hash is not {HASH_SIZE} bytes")
-                put(_BLOB + blob_hash, blob)
+                _check_bytes(blob, allow_none=False)
+                put((_BLOB + blob_hash, blob))
             for blob_hash in bundle.blob_deletes:
                 if len(blob_hash) != HASH_SIZE:
                     raise InvalidBundleError(f"erased blob hash is not {HASH_SIZE} bytes")
-                delete(_BLOB + blob_hash)
+                put((_BLOB + blob_hash, None))
         except (TypeError, ValueError) as exc:
             # A field of the wrong type or shape (str instead of bytes, a
             # triple instead of a pair, a None tree node ...).
             raise InvalidBundleError(f"malformed bundle field: {exc}") from None
-        if self._base_height is None:
-            put(schema.meta_key(Meta.BASE_HEIGHT), schema.encode_height(h))
-        put(schema.meta_key(Meta.LAST_HEIGHT), schema.encode_height(h))
-        put(schema.meta_key(Meta.LAST_BLOCK_HASH), bundle.block_hash)
-        put(schema.meta_key(Meta.STATE_ROOT), bundle.state_root)
+        if first:
+            put((schema.meta_key(Meta.BASE_HEIGHT), schema.encode_height(h)))
+        put((schema.meta_key(Meta.LAST_HEIGHT), schema.encode_height(h)))
+        put((schema.meta_key(Meta.LAST_BLOCK_HASH), bundle.block_hash))
+        put((schema.meta_key(Meta.STATE_ROOT), bundle.state_root))
         # Every key of one bundle is distinct across all its parts (a state key
         # written twice, a blob stored and erased, a tx listed twice ...).
-        if len({key for key, _ in sealed.ops}) != len(sealed.ops):
+        if len({key for key, _ in ops}) != len(ops):
             raise InvalidBundleError("a key is written twice in one bundle")
-        self._write(sealed)
-        self._commits += 1
-        if self._base_height is None:
-            self._base_height = h
-        self._last_height = h
-        self._state_root = bundle.state_root
+        return ops
 
-    def _validate_header(self, b: CommitBundle) -> None:
+    def _validate_header(self, b: CommitBundle, last: int | None, pending: set[bytes]) -> None:
+        """``b`` must follow height ``last``; ``pending``: block hashes of the run so far."""
         h = b.height
         if type(h) is not int or not 0 <= h <= schema.MAX_HEIGHT:
             raise InvalidBundleError(f"height {h!r} is not a valid height")
-        if self._last_height is not None and h != self._last_height + 1:
-            raise InvalidBundleError(f"height {h} does not follow last height {self._last_height}")
+        if last is not None and h != last + 1:
+            raise InvalidBundleError(f"height {h} does not follow last height {last}")
         _check_hash("block_hash", b.block_hash)
         for name in ("block_bytes", "certificate", "results", "state_root"):
             if not isinstance(getattr(b, name), bytes):
                 raise InvalidBundleError(f"{name} is not bytes")
-        if self._kv.get(schema.height_by_hash_key(b.block_hash)) is not None:
+        if b.block_hash in pending or self._kv.get(schema.height_by_hash_key(b.block_hash)):
             raise InvalidBundleError(f"block {b.block_hash[:8].hex()} is already stored")
         if len(b.tx_hashes) > schema.MAX_INDEX + 1:
             raise InvalidBundleError("too many transactions")
+
+    def _written_run(self, heights: int, last: int, state_root: bytes) -> None:
+        """Book-keeping once a run's batch is durable."""
+        self._commits += heights
+        if self._base_height is None:
+            self._base_height = last - heights + 1
+        self._last_height = last
+        self._state_root = state_root
 
     def put_blobs(self, blobs: Iterable[tuple[bytes, bytes]]) -> None:
         """Store blobs that arrive ahead of their commit (pending txs), in one batch.
@@ -403,11 +429,139 @@ class Store:
         return _Verifier(self).run()
 
 
+class CommitRun:
+    """Consecutive heights committed in ONE atomic, durable write batch.
+
+    Why: a node catching up, or committing several pipelined heights at once,
+    paid one fsync per height; a run pays one. Why not ``sync=False`` for all
+    but the last height: LevelDB closes a log file without fsync when its
+    memtable fills, so a crash could lose an unsynced height below a synced
+    one. One batch is one log record, which LevelDB recovers whole or drops:
+    after a crash the store ends at the end of some run, never inside one.
+
+    The run is a :class:`storage.api.StateReader` of the store plus the writes
+    of the heights added so far (the latest write of a key wins), so height
+    ``h + 1`` is applied on top of ``h`` before either is on disk. Memory:
+    every distinct key the run writes, once; the caller bounds the run.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: dict[bytes, bytes | None] = {}  # stored key -> payload, None: delete
+        self._state_keys: list[bytes] = []  # stored state keys in _ops, sorted (for scans)
+        self._hashes: set[bytes] = set()
+        self._last = store.latest_height()
+        self._state_root: bytes | None = None
+        self._written = False
+        self.heights: list[int] = []
+
+    @property
+    def last_height(self) -> int | None:
+        """The last height added (or the store's last one, for an empty run)."""
+        return self._last
+
+    def add(self, bundle: CommitBundle) -> None:
+        """Append the next height; :class:`InvalidBundleError` leaves the run as it was."""
+        if self._written:
+            raise ValueError("this run is already written")
+        store = self._store
+        store._validate_header(bundle, self._last, self._hashes)
+        first = store.base_height() is None and not self.heights
+        ops = store._bundle_ops(bundle, first)
+        merged = self._ops
+        new_state = [k for k, _ in ops if k[:1] == _STATE and k not in merged]
+        merged.update(ops)
+        if new_state:
+            # Each bundle's state keys arrive mostly sorted; sorting two sorted
+            # runs is a linear merge for Python's sort.
+            self._state_keys.extend(sorted(new_state))
+            self._state_keys.sort()
+        self._hashes.add(bundle.block_hash)
+        self._last = bundle.height
+        self._state_root = bundle.state_root
+        self.heights.append(bundle.height)
+
+    def write(self) -> None:
+        """Write every added height in one synced batch; then the store shows them."""
+        if self._written:
+            raise ValueError("this run is already written")
+        self._written = True
+        if not self.heights:
+            return
+        sealed = _Sealer()
+        put, delete = sealed.put, sealed.delete
+        for key, value in self._ops.items():
+            if value is None:
+                delete(key)
+            else:
+                put(key, value)
+        store = self._store
+        store._write(sealed)
+        assert self._last is not None and self._state_root is not None
+        store._written_run(len(self.heights), self._last, self._state_root)
+
+    # --- StateReader over the run ------------------------------------------------
+
+    def get_state(self, key: bytes) -> bytes | None:
+        stored = _STATE + key
+        if stored in self._ops:
+            return self._ops[stored]
+        return self._store.get_state(key)
+
+    def get_tree_node(self, node_id: bytes) -> bytes | None:
+        stored = _TREE + node_id
+        if stored in self._ops:
+            return self._ops[stored]
+        return self._store.get_tree_node(node_id)
+
+    def scan_state(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The store's scan with the run's writes merged in, in key order."""
+        start = schema.state_key(prefix)
+        stop = schema.prefix_end(start)
+        keys = self._state_keys
+        lo = bisect.bisect_left(keys, start)
+        hi = len(keys) if stop is None else bisect.bisect_left(keys, stop)
+        mine = keys[lo:hi]
+        if not mine:
+            yield from self._store.scan_state(prefix)
+            return
+        ops = self._ops
+        i = 0
+        for key, value in self._store._iterate(start, stop):
+            while i < len(mine) and mine[i] < key:
+                pending = ops[mine[i]]
+                if pending is not None:
+                    yield mine[i][1:], pending
+                i += 1
+            if i < len(mine) and mine[i] == key:
+                pending = ops[key]
+                if pending is not None:
+                    yield key[1:], pending
+                i += 1
+                continue
+            yield key[1:], value
+        for k in mine[i:]:
+            pending = ops[k]
+            if pending is not None:
+                yield k[1:], pending
+
+    def has_blob(self, blob_hash: bytes) -> bool:
+        stored = _BLOB + blob_hash
+        if stored in self._ops:
+            return self._ops[stored] is not None
+        return self._store.has_blob(blob_hash)
+
+
 def _meta_name(name: str) -> str:
     value = str(name)
     if not value or not value.isascii():
         raise ValueError("metadata name must be non-empty ascii")
     return value
+
+
+def _check_bytes(value: object, *, allow_none: bool) -> None:
+    if not isinstance(value, bytes) and not (allow_none and value is None):
+        raise TypeError(f"a value is {type(value).__name__}, not bytes")
 
 
 def _check_hash(what: str, value: object) -> None:

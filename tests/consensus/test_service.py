@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
-from consensus.core import Replica
+from consensus import service as service_module
+from consensus.core import CommitBlock, Effect, Replica
+from consensus.messages import CommitCertificate
 from consensus.service import ConsensusService
 from consensus.testing import CHAIN_ID, ToyApp, ToyStorage, genesis_digest, sim_config
 from consensus.validators import ValidatorSet
@@ -15,7 +19,7 @@ from consensus.wal import FileWAL
 from ledger.hashing import sha256
 from ledger.keys import KeyPair
 
-from .helpers import tx
+from .helpers import block, tx
 
 N = 4
 KEYS = [KeyPair.from_seed(sha256(b"svc:%d" % i)) for i in range(N)]
@@ -111,3 +115,48 @@ async def test_full_input_queue_drops_and_counts(tmp_path: Path) -> None:
     assert small.deliver_nowait(b"a") and small.deliver_nowait(b"b")
     assert not small.deliver_nowait(b"c")
     assert small.statistics().inputs_dropped == 1
+
+
+class RunToyApp(ToyApp):
+    """A ToyApp with ``commit_run``: records each run and what the core knew meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(ToyStorage())
+        self.runs: list[list[int]] = []
+        self.core_executed_during: list[int] = []
+        self.replica: Replica | None = None
+
+    def commit_run(self, items: Sequence[tuple[int, bytes, bytes]]) -> list[bytes]:
+        assert self.replica is not None
+        self.runs.append([h for h, _, _ in items])
+        self.core_executed_during.append(self.replica._executed)
+        return [self.commit(h, b, c) for h, b, c in items]
+
+
+async def test_a_run_of_commits_is_one_bounded_commit_run_reported_afterwards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """150 heights in one hand-off: runs of at most RUN_MAX_BLOCKS (and bytes), each durable
+    (commit_run returned) before the core hears of any height in it."""
+    app = RunToyApp()
+    wal = FileWAL(tmp_path / "wal")
+    replica = Replica(sim_config(), KEYS[0], VS, app, genesis_digest=genesis_digest())
+    app.replica = replica
+    svc = ConsensusService(replica, app, wal, FakeTransport(KEYS[0].public_key, {}, set()),
+                           threads=False)
+    parent = genesis_digest()
+    effects: list[Effect] = []
+    for h in range(1, 151):
+        data, digest = block(h, parent)
+        effects.append(CommitBlock(h, data, digest, CommitCertificate(h, 0, digest, [])))
+        parent = digest
+    await svc._apply(effects[:130])
+    monkeypatch.setattr(
+        service_module, "RUN_MAX_BYTES", 5 * max(len(e.block) for e in effects[130:])
+    )
+    await svc._apply(effects[130:])
+    assert [len(r) for r in app.runs] == [64, 64, 2, 5, 5, 5, 5]  # by count, then by bytes
+    assert [h for r in app.runs for h in r] == list(range(1, 151))
+    # The core learned of a run's heights only after commit_run returned.
+    assert app.core_executed_during == [r[0] - 1 for r in app.runs]
+    assert svc.executed_height == replica._executed == 150

@@ -1,11 +1,14 @@
 """Children of the crash-safety test: commit blocks to a LevelDB dir until killed.
 
 ``python -m tests.storage.crash_child --serve`` is a tiny fork server: it
-imports the store code once, then for each ``go PATH`` line on stdin forks a
-child that opens the store at PATH, prints ``ready <last height>`` and commits
-the bundle of every next height (derived from the height alone, see
-:func:`crash_bundle`) until it is killed. The server prints ``pid <pid>`` for
-each child and ``exit <pid> <code>`` once it has reaped it.
+imports the store code once, then for each ``go PATH RUN`` line on stdin forks
+a child that opens the store at PATH, prints ``ready <last height>`` and
+commits the bundle of every next height (derived from the height alone, see
+:func:`crash_bundle`) until it is killed, RUN heights per write batch
+(:meth:`storage.store.Store.begin_run`; 1: one :meth:`~storage.store.Store.commit`
+per height). Runs start at multiples of RUN, so a store that ends anywhere
+but at the end of a run was left with part of a batch. The server prints
+``pid <pid>`` for each child and ``exit <pid> <code>`` once it has reaped it.
 
 Why a fork server: a fresh interpreter costs ~0.4 s to start here, a fork a
 few milliseconds, which buys many more kills within the test's time budget.
@@ -35,28 +38,36 @@ def crash_bundle(height: int) -> CommitBundle:
     return make_bundle(height, txs=CRASH_TXS, blobs=CRASH_BLOBS, blob_size=CRASH_BLOB_SIZE)
 
 
-def run(path: str) -> None:
+def run(path: str, heights_per_batch: int = 1) -> None:
     """Commit forever (until killed) on top of whatever the store at ``path`` holds."""
     store = open_leveldb(path)
     last = store.latest_height()
     print(f"ready {last}", flush=True)
     height = 0 if last is None else last + 1
     while True:
-        store.commit(crash_bundle(height))
-        height += 1
+        if heights_per_batch == 1:
+            store.commit(crash_bundle(height))
+            height += 1
+            continue
+        batch = store.begin_run()
+        for _ in range(heights_per_batch):
+            batch.add(crash_bundle(height))
+            height += 1
+        batch.write()
 
 
 def serve() -> None:
     for line in sys.stdin:
-        command, _, path = line.strip().partition(" ")
-        if command != "go" or not path:
+        command, _, rest = line.strip().partition(" ")
+        path, _, size = rest.rpartition(" ")
+        if command != "go" or not path or not size.isdigit() or int(size) < 1:
             print(f"error bad command {line!r}", flush=True)
             continue
         pid = os.fork()
         if pid == 0:
             try:
                 sys.stdin.close()
-                run(path)
+                run(path, int(size))
             finally:
                 os._exit(1)  # never return into the server loop
         print(f"pid {pid}", flush=True)
@@ -68,4 +79,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
         serve()
     else:
-        run(sys.argv[1])
+        run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)

@@ -5,7 +5,9 @@ trial also recovers from the previous kill (then a fresh one starts, which
 bounds the cost of the full ``verify()`` after every kill). After each kill
 the parent reopens the store, runs ``verify()`` and checks that the last
 height is whole (block, hash, certificate, results, every tx, state, tree node
-and blob of that height) and that nothing of the next height exists.
+and blob of that height) and that nothing of the next height exists. Lineages
+alternate between one batch per height and runs of several heights per batch
+(:data:`RUNS`); with runs, the store must also end at the end of a run.
 Children are forked by ``tests.storage.crash_child --serve`` (see there why).
 Seed: ``MEDLEDGER_CRASH_SEED`` (printed); trials: ``MEDLEDGER_CRASH_TRIALS``.
 """
@@ -31,6 +33,7 @@ from tests.storage.helpers import block_hash, height_state_key
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = int(os.environ.get("MEDLEDGER_CRASH_TRIALS", "100"))
 LINEAGE = 25
+RUNS = (1, 6, 1, 11)  # heights per write batch, by lineage
 DEADLINE = 30.0
 
 
@@ -107,6 +110,7 @@ def test_sigkill_while_committing_leaves_whole_blocks(tmp_path: Path) -> None:
     assert server.stdin is not None and server.stdout is not None
     lines = Lines(server.stdout.fileno())
     progressed = killed_early = max_height = 0
+    per_batch = 1
     last: int | None = None
     alive: int | None = None  # pid of a child not yet reaped
     try:
@@ -114,7 +118,8 @@ def test_sigkill_while_committing_leaves_whole_blocks(tmp_path: Path) -> None:
             if trial % LINEAGE == 0:
                 path = tmp_path / f"db{trial // LINEAGE}"
                 last = None
-            server.stdin.write(f"go {path}\n".encode())
+                per_batch = RUNS[(trial // LINEAGE) % len(RUNS)]
+            server.stdin.write(f"go {path} {per_batch}\n".encode())
             server.stdin.flush()
             (pid,) = map(int, lines.until("pid"))
             alive = pid
@@ -137,6 +142,9 @@ def test_sigkill_while_committing_leaves_whole_blocks(tmp_path: Path) -> None:
                 if height is not None:
                     assert report.base_height == 0
                     assert_whole(store, height)
+                    assert (height + 1) % per_batch == 0, (
+                        f"trial {trial}: height {height} ends inside a run of {per_batch}"
+                    )
                 assert_absent(store, 0 if height is None else height + 1)
             progressed += height != last
             last = height
