@@ -92,11 +92,27 @@ class LocalNode:
             return False
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections (Linux: 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def _free_port_range(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports free right now, at a random base."""
+    """The first of ``count`` consecutive loopback ports free right now, at a random base.
+
+    Below the ephemeral range: a node restarted by a test must get its port
+    back, and a port in that range can meanwhile be the local end of any
+    outgoing connection on the machine (a peer's dial, an HTTP client), which
+    made restarts fail with "address already in use".
+    """
     rng = random.Random()  # only picks where to look; not part of any test's outcome
+    top = min(_ephemeral_low(), 60_000) - count
     for _ in range(200):
-        base = rng.randrange(20_000, 60_000 - count)
+        base = rng.randrange(10_000, max(10_001, top))
         if all(_port_free(base + i) for i in range(count)):
             return base
     raise TestnetError(f"no {count} consecutive free ports found")
