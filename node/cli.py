@@ -390,16 +390,21 @@ def status(node_url: str, timeout: float) -> None:
 @click.option("--count", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--timeout", "commit_timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for commits after the last submission.")
+@click.option("--max-pending", type=click.IntRange(min=1), default=None,
+              help="Pause while this many submitted txs are uncommitted (default: open "
+                   "loop). Keep it below the nodes' per-sender nonce window (10,000) so "
+                   "a long run above saturation is not refused NONCE_GAP.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the figures as JSON to this file.")
 def load(
     nodes: tuple[str, ...], keys: tuple[Path, ...], testnet_dir: Path | None, rate: float,
-    count: int, commit_timeout: float, json_out: Path | None,
+    count: int, commit_timeout: float, max_pending: int | None, json_out: Path | None,
 ) -> None:
     """Smoke-test a network: pre-signed patient registrations at RATE tx/s.
 
     Prints accepted, rejected and committed counts and submit-to-commit
-    latency percentiles; every accepted tx must commit exactly once.
+    latency percentiles; every accepted tx must commit exactly once. Txs left
+    unsent (--max-pending and a backlog that did not drain) fail the command.
     """
     import trio
 
@@ -430,7 +435,9 @@ def load(
     txs = prepare_registrations(lanes, chain_id, count, seed=time.time_ns())
     lane_urls = [urls[i % len(urls)] for i in range(len(lanes))]
     report = trio.run(
-        lambda: run_load(lane_urls, txs, rate=rate, commit_timeout_s=commit_timeout)
+        lambda: run_load(
+            lane_urls, txs, rate=rate, commit_timeout_s=commit_timeout, max_pending=max_pending
+        )
     )
     summary = report.summary()
     _print_json(summary)
@@ -438,6 +445,8 @@ def load(
         json_out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if report.committed != report.accepted:
         _fail(f"{report.accepted - report.committed} accepted txs did not commit in time")
+    if report.unsent:
+        _fail(f"{report.unsent} txs were not sent: nothing committed for {commit_timeout:g} s")
 
 
 # --- bench (node/bench/) ----------------------------------------------------------------

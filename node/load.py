@@ -7,6 +7,14 @@ the answers, the way real clinics submit. Submission goes through
 commit times are observed by following the chain block by block, not by
 polling each tx.
 
+With ``max_pending`` the loader is open-loop only up to a backlog: it pauses
+while that many of its submitted txs are uncommitted. A node admits a sender's
+txs only up to ``max_nonces_ahead`` past its committed nonce (node/mempool.py),
+so an open loop offered above the network's saturation runs past that window
+on a long run and every later tx of the lane is refused ``NONCE_GAP`` (issue 6:
+67,967 refusals on the way to 1,000,000 txs). A bounded backlog keeps a long
+run inside the window and turns overload into a lower offered rate instead.
+
 The txs are registrations of new patients by the hospitals whose keys are
 given (each hospital's nonces continue from its account's current nonce),
 optionally followed by each new patient granting a consent — the two commonest
@@ -17,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -97,6 +105,10 @@ class LoadReport:
     last_commit: float = 0.0
     first_height: int = 0
     last_height: int = 0
+    unsent: int = 0  # txs never offered: the backlog did not drain in time (max_pending)
+    paused_s: float = 0.0  # time the submitter waited for the backlog to drain
+    max_backlog: int = 0  # most submitted-but-uncommitted txs seen right after a submission
+    follow_errors: int = 0  # block requests of the follower that failed and were retried
 
     def percentile(self, q: float) -> float:
         if not self.latencies_s:
@@ -124,6 +136,10 @@ class LoadReport:
                 "max": round(max(self.latencies_s, default=math.nan), 4),
             },
             "heights": [self.first_height, self.last_height],
+            "unsent": self.unsent,
+            "paused_s": round(self.paused_s, 2),
+            "max_backlog": self.max_backlog,
+            "follow_errors": self.follow_errors,
         }
 
 
@@ -150,12 +166,45 @@ async def run_load(
     rate: float,
     tick_s: float = 0.05,
     commit_timeout_s: float = 60.0,
+    max_pending: int | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> LoadReport:
-    """Offer ``txs`` at ``rate`` tx/s, spread over ``node_urls``; follow commits."""
+    """Offer ``txs`` at ``rate`` tx/s, spread over ``node_urls``; follow commits.
+
+    ``max_pending`` (None: open loop) bounds the backlog: before each tick the
+    submitter waits while sending the tick would leave more than
+    ``max_pending`` submitted txs uncommitted (a tick larger than the bound
+    goes alone once the backlog is empty), and the schedule then resumes from
+    the end of the pause rather than bursting to catch up. Commits are seen
+    on the first node, so a lane's backlog is counted from what that node
+    committed. If nothing commits for ``commit_timeout_s`` while paused, the
+    rest is not sent (``unsent``). ``transport`` replaces the network (tests).
+    """
+    if max_pending is not None and max_pending < 1:
+        raise ValueError("max_pending must be at least 1")
     report = LoadReport(offered=len(txs))
     submitted_at: dict[bytes, float] = {}
     per_tick = max(1, round(rate * tick_s))
-    async with httpx.AsyncClient(timeout=30.0) as client:
+    progress = [trio.Event()]  # set (and replaced) whenever the backlog shrinks
+
+    def shrunk() -> None:
+        progress[0].set()
+        progress[0] = trio.Event()
+
+    async def wait_for_room(size: int) -> bool:
+        """Wait until ``size`` more txs keep the backlog within ``max_pending``."""
+        assert max_pending is not None
+        began = trio.current_time()
+        while submitted_at and len(submitted_at) + size > max_pending:
+            with trio.move_on_after(commit_timeout_s) as waited:
+                await progress[0].wait()
+            if waited.cancelled_caught:  # no commit for a whole timeout: give up
+                report.paused_s += trio.current_time() - began
+                return False
+        report.paused_s += trio.current_time() - began
+        return True
+
+    async with httpx.AsyncClient(timeout=30.0, transport=transport) as client:
         start_height = await _height(client, node_urls[0])
         report.first_height = start_height
         done = trio.Event()
@@ -163,35 +212,58 @@ async def run_load(
         async def submit() -> None:
             t0 = time.monotonic()
             report.first_submit = t0
+            sent = 0
             async with trio.open_nursery() as nursery:
                 for n, tick in enumerate(_schedule(txs, len(node_urls), per_tick)):
                     await trio.sleep_until(_trio_deadline(t0 + n * tick_s))
+                    size = sum(len(chunk) for _, chunk in tick)
+                    if max_pending is not None and len(submitted_at) + size > max_pending:
+                        paused_from = time.monotonic()
+                        if not await wait_for_room(size):
+                            report.unsent = len(txs) - sent
+                            break
+                        t0 += time.monotonic() - paused_from  # resume, do not burst
+                    now = time.monotonic()
                     for node, chunk in tick:
-                        nursery.start_soon(
-                            _submit_chunk, client, node_urls[node], chunk, report, submitted_at
-                        )
+                        for p in chunk:  # pending from now on, before the request runs
+                            submitted_at[p.hash] = now
+                        url = node_urls[node]
+                        args = (client, url, chunk, report, submitted_at, shrunk)
+                        nursery.start_soon(_submit_chunk, *args)
+                    sent += size
+                    report.max_backlog = max(report.max_backlog, len(submitted_at))
 
         async def follow() -> None:
             # Ask for the next block itself (404 until it exists) rather than for
             # /v1/status and then the block: the follower is load on the node it
-            # watches, and this saves a request per block.
+            # watches, and this saves a request per block. A transport error (a
+            # node too busy to answer within the client timeout on a long run)
+            # is counted and the block asked again, not the end of the run.
             height = start_height
             deadline = None
             while not done.is_set():
                 while True:
-                    r = await client.get(f"{node_urls[0]}/v1/blocks/{height + 1}")
+                    try:
+                        r = await client.get(f"{node_urls[0]}/v1/blocks/{height + 1}")
+                    except httpx.TransportError:
+                        report.follow_errors += 1
+                        break
                     if r.status_code == 404:
                         break
                     r.raise_for_status()
                     height += 1
                     now = time.monotonic()
+                    ours = 0
                     for h in r.json()["tx_hashes"]:
                         t = submitted_at.pop(bytes.fromhex(h), None)
                         if t is not None:
+                            ours += 1
                             report.committed += 1
                             report.latencies_s.append(now - t)
                             report.last_commit = now
                     report.last_height = height
+                    if ours:
+                        shrunk()
                 if submit_done.is_set() and not submitted_at:
                     return
                 if submit_done.is_set() and deadline is None:
@@ -228,28 +300,28 @@ async def _submit_chunk(
     chunk: Sequence[PreparedTx],
     report: LoadReport,
     submitted_at: dict[bytes, float],
+    shrunk: Callable[[], None],
 ) -> None:
+    """POST one chunk (already marked in ``submitted_at``); unmark what is refused."""
     body = {"txs": [{"tx": p.data.hex(), "blob": None} for p in chunk]}
-    sent = time.monotonic()
-    for p in chunk:
-        submitted_at[p.hash] = sent
+    refused: dict[str, list[PreparedTx]] = {}
     try:
         r = await client.post(f"{url}/v1/txs/batch", json=body)
     except httpx.HTTPError:
-        for p in chunk:
-            submitted_at.pop(p.hash, None)
-        report.rejected["UNREACHABLE"] = report.rejected.get("UNREACHABLE", 0) + len(chunk)
-        return
-    if r.status_code >= 400:
-        code = r.json().get("error", {}).get("code", str(r.status_code))
-        for p in chunk:
-            submitted_at.pop(p.hash, None)
-        report.rejected[code] = report.rejected.get(code, 0) + len(chunk)
-        return
-    for p, result in zip(chunk, r.json()["results"], strict=True):
-        if "hash" in result and result.get("error") is None:
-            report.accepted += 1
+        refused["UNREACHABLE"] = list(chunk)
+    else:
+        if r.status_code >= 400:
+            refused[r.json().get("error", {}).get("code", str(r.status_code))] = list(chunk)
         else:
+            for p, result in zip(chunk, r.json()["results"], strict=True):
+                if "hash" in result and result.get("error") is None:
+                    report.accepted += 1
+                else:
+                    code = result.get("error", {}).get("code", "UNKNOWN")
+                    refused.setdefault(code, []).append(p)
+    for code, ps in refused.items():
+        for p in ps:
             submitted_at.pop(p.hash, None)
-            code = result.get("error", {}).get("code", "UNKNOWN")
-            report.rejected[code] = report.rejected.get(code, 0) + 1
+        report.rejected[code] = report.rejected.get(code, 0) + len(ps)
+    if refused:
+        shrunk()

@@ -26,6 +26,21 @@ from ledger.errors import CorruptionError, StorageIOError, StoreUnavailableError
 # One batch entry: put (key, value) or delete (key, None).
 Op = tuple[bytes, bytes | None]
 
+#: LevelDB's ``max_open_files``, which sizes its table cache (this minus 10
+#: files, 64 tables; LevelDB raises any lower value to this). Why so small:
+#: LevelDB memory-maps every table it holds open (up to 1,000 maps on 64-bit)
+#: and each page it ever read stays in the node's resident set until the table
+#: is closed, so with the default of 1,000 the node's RSS grew with the chain.
+#: After 1,000,000 txs (4 validators, ~360 MB of tables per node) the mapped
+#: tables held 130-146 MB of RSS at the default and 71-84 MB at this value,
+#: peaks 397-430 MB against 320-325 MB; the start-up ``Store.verify`` pass,
+#: which reads every table, put all 350 MB of a 1M-tx store into RSS at the
+#: default and 127 MB at this value. Bound: 64 tables x ~2 MiB
+#: (``max_file_size``) of mapped pages. Cost: a table not in the cache is
+#: reopened on a read; over that 1M-tx run the nodes at this value used 3-6 %
+#: more CPU than those at the default (BENCHMARKS.md, issue 6).
+MAX_OPEN_FILES = 74
+
 
 class KV(Protocol):
     """What the store needs from a key-value backend."""
@@ -63,7 +78,9 @@ class LevelDBKV:
     tail of the log after a crash is still recovered, as LevelDB intends) and
     reads verify LevelDB's block checksums. Compression is off: values are
     mostly ciphertexts and hashes that do not compress, and uncompressed files
-    keep the raw "no plaintext at rest" scan honest.
+    keep the raw "no plaintext at rest" scan honest. At most
+    :data:`MAX_OPEN_FILES` files open, which bounds the memory its mapped
+    tables hold.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
@@ -79,6 +96,7 @@ class LevelDBKV:
                 # bloom filter answers them from memory (~1.25 bytes per key)
                 # instead of reading a block of every table that might hold them.
                 bloom_filter_bits=10,
+                max_open_files=MAX_OPEN_FILES,
             )
         except plyvel.CorruptionError as exc:
             raise CorruptionError(f"LevelDB at {self.path} is corrupt: {_msg(exc)}") from None
