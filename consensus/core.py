@@ -34,7 +34,9 @@ the docstrings below):
   are dropped and counted, so memory is bounded whatever peers send.
 * View change per PBFT: a progress timeout sends VIEW-CHANGE(v+1) with the
   stable checkpoint proof and all prepared proofs above it; ``f + 1``
-  view changes for higher views make a replica join; the view-change timer
+  validators claiming higher views (by VIEW-CHANGE, or by STATUS: how a
+  replica that missed a NEW-VIEW finds the view again) make a replica join;
+  peers answer a STATUS from a lower view with their own; the view-change timer
   starts only once a quorum of view changes for the target is in (so an
   isolated replica does not run ahead alone), doubling per consecutive view
   change up to a cap. The new primary sends NEW-VIEW with a quorum of view
@@ -465,6 +467,14 @@ class Replica:
         self._quiet_ticks = 0
         self._status_replied: set[bytes] = set()
         self._nv_replied: set[bytes] = set()
+        self._view_replied: set[bytes] = set()  # peers told our view this tick
+        # The view each peer last reported in a STATUS: with the VIEW-CHANGEs,
+        # how a replica left in an older view learns that f + 1 moved on.
+        # One entry per validator (only validators get past check_envelope).
+        self._peer_views: dict[bytes, int] = {}
+        self._higher_view_seen = False  # a vote of a view above ours came in this tick
+        self._last_tick_transferred = 0  # state_blocks_received at the last tick
+        self._transfer_ticks = 0  # ticks whose progress all came by state transfer
         self._requests_served: dict[bytes, tuple[int, int]] = {}  # (requests, bytes) this tick
         self._st_target = 0  # a height the network is known to have committed
         self._st_probe = False  # peers may have more than _st_target: ask until an empty answer
@@ -674,6 +684,13 @@ class Replica:
 
     def _dispatch(self, env: Envelope, data: bytes) -> None:
         p = env.payload
+        if isinstance(p, PrePrepare | Prepare | Commit) and p.view > (
+            self.vc_target if self.in_view_change else self.view
+        ):
+            # Peers vote in a view we are not in: we may have missed its
+            # NEW-VIEW. Only a hint (one validator can fake it): the next tick
+            # sends a STATUS, and peers in that view answer with theirs.
+            self._higher_view_seen = True
         if isinstance(p, PrePrepare):
             self._on_preprepare(env, p, data)
         elif isinstance(p, Prepare):
@@ -1116,11 +1133,25 @@ class Replica:
         self._check_vc_quorum()
 
     def _check_join(self) -> None:
+        """Join a higher view once f + 1 validators claim one: an honest one is there.
+
+        A validator claims view ``v`` by a VIEW-CHANGE for ``v`` or by a STATUS
+        reporting ``v`` (its view, or its view-change target); each counts
+        once, with its highest claim, so f Byzantine validators cannot move
+        us. We join the (f + 1)-th highest claim: at least one honest replica
+        is in that view or beyond (or wants it), and sending a VIEW-CHANGE only
+        ends our part in the current view. Status claims are what repair a
+        replica that missed a view's VIEW-CHANGEs and NEW-VIEW: once in the
+        new view the others send no more VIEW-CHANGEs, but they keep
+        answering our STATUS with theirs (:meth:`_on_status`), and the new
+        primary answers our VIEW-CHANGE with its NEW-VIEW.
+        """
         current = self.vc_target if self.in_view_change else self.view
-        highest = sorted(
-            (max(views) for views in self._vc_store.values() if views and max(views) > current),
-            reverse=True,
-        )
+        claims = {s: max(views) for s, views in self._vc_store.items() if views}
+        for sender, view in self._peer_views.items():
+            if view > claims.get(sender, -1):
+                claims[sender] = view
+        highest = sorted((v for v in claims.values() if v > current), reverse=True)
         if len(highest) >= self.vs.weak_quorum:
             self._start_view_change(highest[self.vs.f])
 
@@ -1617,6 +1648,16 @@ class Replica:
             self._execute()
 
     def _on_status(self, env: Envelope, st: Status) -> None:
+        mine = self.vc_target if self.in_view_change else self.view
+        if st.view < mine and env.sender not in self._view_replied:
+            # It is behind in view: tell it ours, so that f + 1 of us reach it
+            # even if the primary's NEW-VIEW (below) is lost. Once per tick.
+            self._view_replied.add(env.sender)
+            self._send_env(env.sender, sign(self._key, self.vs.chain_id,
+                                            Status(self.committed, mine)))
+        self._peer_views[env.sender] = st.view
+        if st.view > mine:
+            self._check_join()
         if st.committed_height < self.committed and env.sender not in self._status_replied:
             self._status_replied.add(env.sender)
             lo = st.committed_height + 1
@@ -1637,19 +1678,40 @@ class Replica:
         self._start_timer(TimerKind.RESEND, self.config.resend_interval_ms)
         self._status_replied.clear()
         self._nv_replied.clear()
+        self._view_replied.clear()
         self._requests_served.clear()
         stalled = self.committed == self._last_tick_committed
+        transferred = self._c.state_blocks_received - self._last_tick_transferred
+        transfer_only = not stalled and transferred >= self.committed - self._last_tick_committed
         self._last_tick_committed = self.committed
+        self._last_tick_transferred = self._c.state_blocks_received
         self._quiet_ticks = self._quiet_ticks + 1 if stalled else 0
-        if stalled and (self.in_view_change or self._has_work()):
+        if transfer_only:
+            self._transfer_ticks += 1
+        elif not stalled:
+            self._transfer_ticks = 0
+        hint, self._higher_view_seen = self._higher_view_seen, False
+        if self.in_view_change or (stalled and self._has_work()):
+            # In a view change even while committing by state transfer: a
+            # replica that joined a view the others are already in needs its
+            # VIEW-CHANGE re-sent until the primary answers with the NEW-VIEW.
             self._resend_own()
             self._send_status()
             self._st_attempts = 0
             self._request_state()
-        elif self._quiet_ticks % IDLE_STATUS_TICKS == 0 and self._quiet_ticks:
+        elif (
+            (hint and (stalled or transfer_only))
+            or (transfer_only and self._transfer_ticks % IDLE_STATUS_TICKS == 0)
+            or (self._quiet_ticks % IDLE_STATUS_TICKS == 0 and self._quiet_ticks)
+        ):
             # Idle, perhaps just restarted with our first STATUS lost before the
             # links came up: without this an idle network would never tell us
-            # that we are behind. Peers ahead answer with blocks.
+            # that we are behind. Peers ahead answer with blocks. Likewise when
+            # we only follow by state transfer: we may be left in an older
+            # view, never stalled and never voting. Peers in a higher view
+            # answer with their STATUS (see _check_join); votes of a higher
+            # view make us ask at once. (Not while we commit by consensus: then
+            # our view is live, and a Byzantine peer could make us ask each tick.)
             self._send_status()
         self._step()  # retries NOT_YET validations and idle proposals
         self._arm_progress()

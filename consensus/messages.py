@@ -201,7 +201,9 @@ class StateResponse(Record, frozen=True, tag=8):
 
 
 class Status(Record, frozen=True, tag=9):
-    """Sent when stalled: peers further ahead answer with committed blocks."""
+    """Sent when stalled, idle or only following by state transfer, and in answer
+    to a STATUS from a lower view: peers further ahead answer with committed
+    blocks, and f + 1 reporting a higher view make a replica left behind join it."""
 
     committed_height: int
     view: int

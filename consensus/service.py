@@ -22,6 +22,7 @@ this node down but never grow its memory. The transport's ``send_to`` and
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -48,6 +49,8 @@ from consensus.core import (
 )
 from consensus.wal import WalStore
 from ledger import codec
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # trio-typing's stubs (a libp2p dependency) shadow trio's own types
     from trio_typing import TaskStatus
@@ -128,6 +131,7 @@ class ConsensusService:
         self._syncs = 0
         self.executed_height = replica.committed
         self.committed = trio.Event()  # replaced on every commit; see wait_committed
+        self._view_seen = (replica.view, replica.in_view_change, replica.vc_target)
 
     # ------------------------------------------------------------------ inputs
 
@@ -236,7 +240,23 @@ class ConsensusService:
             self._syncs += 1
             await self._run_sync(self.wal.sync)
 
+    def _log_view(self) -> None:
+        """Log each view transition once: the operator's first question when blocks stop."""
+        r = self.replica
+        now = (r.view, r.in_view_change, r.vc_target)
+        if now == self._view_seen:
+            return
+        self._view_seen = now
+        if r.in_view_change:
+            log.warning("view change: leaving view %d for view %d (height %d)",
+                        r.view, r.vc_target, r.committed)
+        else:
+            primary = r.vs.primary(r.view)
+            log.info("entered view %d at height %d; primary %s%s", r.view, r.committed,
+                     primary.hex()[:16], " (this node)" if primary == r.id else "")
+
     async def _apply(self, effects: list[Effect]) -> None:
+        self._log_view()
         todo = deque(effects)
         while todo:
             e = todo.popleft()
