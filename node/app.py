@@ -66,7 +66,7 @@ from node.inbox import FairInbox
 from node.keyfile import load_key_file
 from node.ledger_app import CommitInfo, LedgerApplication, open_chain
 from node.logs import configure_logging
-from node.mempool import LedgerTxChecker, Mempool, MempoolSettings
+from node.mempool import LedgerTxChecker, Mempool, MempoolSettings, gossip_interval_for
 from node.metrics import CounterLike, NodeMetrics
 from node.p2p import Transport, transport_from_config
 from node.txpush import TxPushService
@@ -214,7 +214,9 @@ class Node:
                 # hold a deep queue of that sender's nonces (still bounded by max_txs).
                 max_nonces_ahead=min(m.max_txs, 10_000),
                 gossip_batch_bytes=config.p2p.gossip_batch_bytes,
-                gossip_batch_interval_s=config.p2p.gossip_batch_interval_s,
+                gossip_batch_interval_s=gossip_interval_for(
+                    config.p2p.gossip_batch_interval_s, len(genesis.validators)
+                ),
             ),
             metrics=metrics,
             height=height,
@@ -409,6 +411,7 @@ class Node:
                 ("consensus_over_cap", replica.dropped_over_cap),
                 ("consensus_non_validator", replica.non_validator),
                 ("consensus_malformed", replica.malformed),
+                ("consensus_invalid", replica.invalid_messages),
             ):
                 sync.advance(m.messages_dropped.labels(reason), reason, value)
             for kind, value in replica.messages_in:

@@ -162,7 +162,8 @@ class P2PConfig:
     receive_queue_size: int = field(default=4096, metadata=_limits(1, 1 << 20))
     #: A gossiped tx batch is sent when it reaches this size ...
     gossip_batch_bytes: int = field(default=64 * 1024, metadata=_limits(256, 1000 * 1024))
-    #: ... or when its oldest tx has waited this long.
+    #: ... or when its oldest tx has waited this long (at 4 validators; n validators
+    #: wait n (n - 1) / 12 times as long: see node.mempool.gossip_interval_for).
     gossip_batch_interval_s: float = field(default=0.05, metadata=_limits(0.001, 10))
     #: Gossip batches in flight before ``publish_batch`` waits (backpressure).
     gossip_publish_queue: int = field(default=16, metadata=_limits(1, 1024))

@@ -40,6 +40,7 @@ from node.mempool import (
     NoncePendingError,
     decode_batch,
     encode_batch,
+    gossip_interval_for,
 )
 from node.metrics import NodeMetrics
 
@@ -405,10 +406,17 @@ def test_reannounce_gossips_only_stale_txs_oldest_first_and_bounded() -> None:
     assert len(drain()) == 8
     mp.update(1, [tx_hash(d) for d in old])  # committed txs are never announced again
     now[0] = 40.0
+    # Backoff: young was re-announced at 5.1 and 30 (next after 12 s more); tx 10 and
+    # 11 once, at 30 (next after 6 s); 12..15 never.
+    assert mp.reannounce_stale(3.0, 100) == 6
+    assert sorted(drain()) == sorted(tx(i, 0) for i in range(10, 16))
+    now[0] = 42.0
     again = []
     while mp.reannounce_stale(3.0, 100):
         again += drain()
-    assert sorted(again) == sorted([young] + [tx(i, 0) for i in range(10, 16)])
+    assert again == [young]
+    now[0] = 1e6  # the wait is capped: a tx stuck for good is still re-sent now and then
+    assert mp.reannounce_stale(3.0, 100) == 7
 
 
 async def test_gossip_batches_by_time(mock_clock: trio.testing.MockClock) -> None:
@@ -563,3 +571,26 @@ async def test_too_large_for_gossip_goes_to_the_direct_outbox_not_to_gossip() ->
     assert pushed == (tx(1, 0), b"\x00" * 2000)
 
 
+
+
+def test_gossip_interval_grows_with_the_network_so_deliveries_do_not_grow_as_n_squared() -> None:
+    base = 0.05
+    assert gossip_interval_for(base, 1) == base  # never below the configured figure
+    assert gossip_interval_for(base, 4) == base  # the configured case
+    for n in (4, 7, 10, 16, 31):
+        # batches delivered per second network-wide at one batch per interval per node
+        deliveries = n * (n - 1) / gossip_interval_for(base, n)
+        assert deliveries == pytest.approx(4 * 3 / base)
+    assert gossip_interval_for(base, 16) == pytest.approx(1.0)
+
+
+def test_rejections_of_one_code_share_one_labelled_counter() -> None:
+    mp, _, metrics = pool()
+    data = tx(1, 0)
+    mp.add(data)
+    for _ in range(3):
+        with pytest.raises(AlreadyKnownError):
+            mp.add(data)
+    assert metrics.registry.get_sample_value(
+        "medledger_txs_rejected_total", {"reason": AlreadyKnownError.code}
+    ) == 3
