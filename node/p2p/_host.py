@@ -11,6 +11,7 @@ allow-list check. py-libp2p 0.8.1 supports it through ``new_host(psk=...)``.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import multiaddr
@@ -24,7 +25,10 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from node.config import HostPort
 
-__all__ = ["apply_yamux_tuning", "build_host", "peer_id_from_public_key"]
+__all__ = ["apply_yamux_tuning", "build_host", "cache_advertised_addrs", "peer_id_from_public_key"]
+
+#: How long :func:`cache_advertised_addrs` reuses the host's address list.
+ADDRS_CACHE_S = 1.0
 
 
 def peer_id_from_public_key(public_key: bytes) -> Any:
@@ -75,3 +79,29 @@ def build_host(
     network: Any = host.get_network()
     network.auto_connector.maybe_connect = _never_auto_connect
     return host
+
+
+def cache_advertised_addrs(host: Any) -> None:
+    """Reuse ``host.get_addrs()`` for up to :data:`ADDRS_CACHE_S`; call once listening.
+
+    py-libp2p attaches a signed peer record to every pubsub RPC and, before
+    reusing its cached record, rebuilds the host's advertised address list
+    (transport addresses, observed ones, a ``/p2p/<id>`` suffix each) to see
+    whether it changed (LIBP2P_NOTES pitfall 10). With many small gossip
+    batches that rebuild was ~5 % of a validator's CPU. The addresses of a
+    listening validator do not change, and a change is still seen within a
+    second. Installed only after the listener is bound, so the port chosen for
+    ``:0`` is never hidden behind a stale list.
+    """
+    real = host.get_addrs
+    cached: list[Any] = []
+    at = [-ADDRS_CACHE_S]
+
+    def get_addrs() -> list[Any]:
+        now = time.monotonic()
+        if not cached or now - at[0] >= ADDRS_CACHE_S:
+            cached[:] = real()
+            at[0] = now
+        return list(cached)
+
+    host.get_addrs = get_addrs

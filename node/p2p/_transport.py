@@ -75,7 +75,7 @@ from ledger.keys import KeyPair
 from node.config import Config, ConfigError, HostPort, P2PConfig
 from node.genesis_file import GenesisDoc
 from node.p2p._framing import FrameError, FrameReader, encode_frame
-from node.p2p._host import build_host, peer_id_from_public_key
+from node.p2p._host import build_host, cache_advertised_addrs, peer_id_from_public_key
 
 __all__ = [
     "BLOB_PROTOCOL",
@@ -593,6 +593,7 @@ class Transport:
                         pubsub.set_topic_validator(self._topic, self._validate_batch, False)
                         subscription = await pubsub.subscribe(self._topic)
                         self._listen = self._bound_address(host)
+                        cache_advertised_addrs(host)
                         async with trio.open_nursery() as nursery:
                             for peer in self._peers.values():
                                 nursery.start_soon(self._keep_connected, peer)
