@@ -64,7 +64,7 @@ from node.gc_tuning import tune_gc
 from node.genesis_file import GenesisDoc, check_consensus_matches, load_genesis
 from node.inbox import FairInbox
 from node.keyfile import load_key_file
-from node.ledger_app import CommitInfo, LedgerApplication, open_chain
+from node.ledger_app import CommitInfo, LedgerApplication, open_chain, proposal_spacing_for
 from node.logs import configure_logging
 from node.mempool import LedgerTxChecker, Mempool, MempoolSettings, gossip_interval_for
 from node.metrics import CounterLike, NodeMetrics
@@ -226,6 +226,9 @@ class Node:
         def on_commit(info: CommitInfo) -> None:
             node_ref[0]._committed(info)
 
+        batch_wait_s, idle_spacing_s = proposal_spacing_for(
+            config.consensus.block_interval_s, len(genesis.validators)
+        )
         app = LedgerApplication(
             store=store,
             genesis=genesis,
@@ -234,7 +237,8 @@ class Node:
             ctx=ctx,
             clock_ms=wall_clock_ms,
             on_commit=on_commit,
-            batch_wait_s=config.consensus.block_interval_s,
+            batch_wait_s=batch_wait_s,
+            idle_spacing_s=idle_spacing_s,
         )
         validators = ValidatorSet(genesis.chain_id, genesis.validators)
         wal = FileWAL(config.node.data_dir / "consensus.wal")

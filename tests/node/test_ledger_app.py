@@ -19,7 +19,12 @@ from ledger.keys import KeyPair
 from ledger.merkle import merkle_root
 from ledger.tx import RegisterPatient, Tx, make_tx, tx_hash
 from ledger.validate import SigCache
-from node.ledger_app import LedgerApplication, open_chain
+from node.ledger_app import (
+    PROPOSAL_SPACING_CAP_S,
+    LedgerApplication,
+    open_chain,
+    proposal_spacing_for,
+)
 from node.mempool import LedgerTxChecker, Mempool
 from storage.store import Store, open_memory
 
@@ -253,3 +258,28 @@ def test_small_blocks_wait_while_the_pipeline_is_busy(clock: Clock) -> None:
     now[0] += 0.25
     second = side.app.propose(2, parent, [first])
     assert second is not None and len(codec.decode(second, Block).txs) == 2
+
+
+def test_large_networks_space_proposals_even_with_an_idle_pipeline(clock: Clock) -> None:
+    batch_wait, spacing = proposal_spacing_for(0.2, 16)
+    assert (batch_wait, spacing) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert proposal_spacing_for(0.2, 4) == (0.2, 0.0)  # small networks: unchanged
+    assert proposal_spacing_for(0.2, 7) == (pytest.approx(0.4), pytest.approx(0.4))
+    assert proposal_spacing_for(0.2, 100)[1] == PROPOSAL_SPACING_CAP_S
+    assert proposal_spacing_for(0.0, 16) == (0.0, 0.0)  # batching off stays off
+    now = [100.0]
+    side = Side(ORGS[0], clock)
+    side.app = LedgerApplication(
+        store=side.store, genesis=GENESIS, key=ORGS[0], mempool=side.mempool, ctx=side.ctx,
+        clock_ms=clock, batch_wait_s=batch_wait, idle_spacing_s=spacing,
+        monotonic=lambda: now[0],
+    )
+    for tx in registrations(ORGS[0], 0, 2):
+        side.mempool.add(codec.encode(tx))
+    first = side.app.propose(1, GHASH, [])
+    assert first is not None  # the first proposal in a while: at once
+    now[0] += 0.5  # block 1 committed meanwhile: nothing in flight, yet too soon
+    assert side.app.proposal_deferred(0)
+    now[0] += 0.5
+    assert not side.app.proposal_deferred(0)
+    assert not side.app.proposal_deferred(1)  # in flight: batch_wait (1 s) has passed too
