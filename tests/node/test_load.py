@@ -186,3 +186,27 @@ def test_cli_refuses_a_zero_backlog(capsys: pytest.CaptureFixture[str]) -> None:
         main(["load", "--node", "http://127.0.0.1:9", "--key", "k.json", "--max-pending", "0"])
     assert exit_.value.code == 2
     assert "--max-pending" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("n_nodes", "per_tick"), [(4, 20), (16, 20), (10, 3), (16, 1)])
+def test_schedule_sends_every_tx_once_in_lane_order_with_bounded_requests(
+    n_nodes: int, per_tick: int
+) -> None:
+    from node.load import NODES_PER_TICK, _schedule
+
+    txs = [PreparedTx(i.to_bytes(4, "big"), b"", lane=i % n_nodes) for i in range(503)]
+    ticks = list(_schedule(txs, n_nodes, per_tick))
+    assert len(ticks) == math.ceil(len(txs) / per_tick)  # the offered rate is unchanged
+    sent = [p for tick in ticks for _, chunk in tick for p in chunk]
+    assert sorted(p.hash for p in sent) == sorted(p.hash for p in txs)  # each once
+    for tick in ticks:
+        for node, chunk in tick:
+            assert all(p.lane % n_nodes == node for p in chunk)
+    for node in range(n_nodes):  # a lane's txs leave in order (its nonces)
+        mine = [p for tick in ticks for k, chunk in tick if k == node for p in chunk]
+        assert mine == [p for p in txs if p.lane % n_nodes == node]
+    # requests per tick: as with 4 nodes, however many there are (the last tick flushes)
+    every = math.ceil(n_nodes / NODES_PER_TICK)
+    assert max(len(tick) for tick in ticks[:-1]) <= math.ceil(n_nodes / every)
+    if n_nodes <= NODES_PER_TICK:  # small networks: every node, every tick, as before
+        assert all(len(tick) == min(n_nodes, per_tick) for tick in ticks[:-1])
