@@ -191,7 +191,8 @@ class ConsensusConfig:
     checkpoint_interval: int = field(default=100, metadata=_limits(1, 1 << 20))
     max_block_txs: int = field(default=2000, metadata=_limits(1, 1 << 20))
     max_block_bytes: int = field(default=4 * 1024 * 1024, metadata=_limits(1024, 256 << 20))
-    #: The primary waits at most this long for a block to fill before proposing.
+    #: The primary waits at most this long for a block to fill before proposing
+    #: (scaled up above 4 validators: see node.ledger_app.proposal_spacing_for).
     block_interval_s: float = field(default=0.2, metadata=_limits(0.0, 60))
 
 
