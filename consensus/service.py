@@ -84,6 +84,10 @@ _DRAIN_BATCH = 64
 #: application with ``commit_run``, written in one synced batch): its blocks
 #: and the writes they cause are held in memory until the batch is durable.
 RUN_MAX_BLOCKS = 64
+#: A timer this late (seconds) means the loop was not running when it expired;
+#: the service then listens for up to CATCH_UP_S before acting on timers.
+LATE_TIMER_S = 0.25
+CATCH_UP_S = 0.25
 RUN_MAX_BYTES = 16 * 1024 * 1024
 
 
@@ -187,10 +191,38 @@ class ConsensusService:
                 self._pending = False
                 await self._apply(self.replica.notify_pending())
             now = trio.current_time()
+            if deadline <= now - LATE_TIMER_S:
+                await self._hear_first()
+                now = trio.current_time()
             for kind, (due, token) in sorted(self._timers.items(), key=lambda kv: kv[1][0]):
                 if due <= now and self._timers.get(kind) == (due, token):
                     del self._timers[kind]
                     await self._apply(self.replica.timeout(kind, token))
+
+    async def _hear_first(self) -> None:
+        """A timer is long overdue: take in what peers sent meanwhile before acting on it.
+
+        The loop was not running when the timer expired (the process was
+        paused, the event loop or the machine stalled). What the others did in
+        that time is still queued here or in the transport: a backup resumed
+        from SIGSTOP under load used to fire its progress timeout first and
+        start a view change alone, then sat in it - out of the voting - while
+        the others went on in the old view. So everything queued is handled
+        first, then whatever arrives within :data:`CATCH_UP_S`, and only then
+        the timers that are still due (progress resets those that are not).
+        """
+        until = trio.current_time() + CATCH_UP_S
+        while True:
+            with trio.move_on_at(until) as waited:  # only the wait is bounded, as in run()
+                item = await self._recv.receive()
+            if waited.cancelled_caught:
+                return
+            if isinstance(item, bytes):
+                await self._apply(self.replica.receive(item))
+                await self._drain_queued()
+            if self._pending:
+                self._pending = False
+                await self._apply(self.replica.notify_pending())
 
     async def _drain_queued(self) -> None:
         """Handle what else is already queued (up to a bound) before yielding.

@@ -160,3 +160,71 @@ async def test_a_run_of_commits_is_one_bounded_commit_run_reported_afterwards(
     # The core learned of a run's heights only after commit_run returned.
     assert app.core_executed_during == [r[0] - 1 for r in app.runs]
     assert svc.executed_height == replica._executed == 150
+
+
+class HoldingTransport(FakeTransport):
+    """FakeTransport whose messages to ``paused`` peers wait in ``held`` (a stopped process)."""
+
+    def __init__(
+        self,
+        me: bytes,
+        services: dict[bytes, ConsensusService],
+        paused: set[bytes],
+        held: list[tuple[bytes, bytes]],
+    ) -> None:
+        super().__init__(me, services, set())
+        self.paused, self.held = paused, held
+
+    async def send_to(self, peer: bytes, data: bytes) -> None:
+        if peer in self.paused:
+            self.held.append((peer, data))
+            await trio.lowlevel.checkpoint()
+        else:
+            await super().send_to(peer, data)
+
+
+async def test_a_backup_resumed_after_a_stall_hears_the_others_before_its_timers(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    backup = next(k.public_key for k in KEYS if k.public_key != VS.primary(0))
+    paused: set[bytes] = {backup}
+    held: list[tuple[bytes, bytes]] = []
+    services: dict[bytes, ConsensusService] = {}
+    apps = []
+    for i, key in enumerate(KEYS):
+        app = ToyApp(ToyStorage())
+        wal = FileWAL(tmp_path / f"wal{i}")
+        replica = Replica(sim_config(), key, VS, app, genesis_digest=genesis_digest())
+        transport = HoldingTransport(key.public_key, services, paused, held)
+        services[key.public_key] = ConsensusService(replica, app, wal, transport, threads=False)
+        apps.append(app)
+    svcs = list(services.values())
+    stalled = services[backup]
+    async with trio.open_nursery() as nursery:
+        for svc in svcs:
+            await nursery.start(svc.run)
+        t = tx()
+        for svc, app in zip(svcs, apps, strict=True):  # every mempool has it: the backup has work
+            app.submit(t)
+            svc.notify_pending()
+        await trio.testing.wait_all_tasks_blocked()
+        others = [s for s in svcs if s is not stalled]
+        assert all(s.executed_height >= 1 for s in others)  # a quorum went on without it
+        assert stalled.executed_height == 0
+        # The backup's process was stopped past its progress timeout (0.4 s); the
+        # others' messages waited in its sockets. On waking its loop sees the
+        # overdue timer first, and the transport hands over the messages a
+        # moment later (here: once the service had its turn).
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        paused.clear()
+        for peer, data in held:
+            services[peer].deliver_nowait(data)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(service_module.CATCH_UP_S)
+        await trio.testing.wait_all_tasks_blocked()
+        top = max(s.executed_height for s in others)
+        assert stalled.executed_height == top  # committed by consensus, from what it heard
+        assert stalled.replica.statistics().view_changes == 0
+        assert not stalled.replica.in_view_change and stalled.replica.view == 0
+        nursery.cancel_scope.cancel()
