@@ -184,12 +184,7 @@ class ConsensusService:
             # would lose effects (a commit, a WAL sync) the core believes happened.
             with trio.move_on_at(deadline):
                 item = await self._recv.receive()
-            if isinstance(item, bytes):
-                await self._apply(self.replica.receive(item))
-                await self._drain_queued()
-            if self._pending:
-                self._pending = False
-                await self._apply(self.replica.notify_pending())
+            await self._handle(item)
             now = trio.current_time()
             if deadline <= now - LATE_TIMER_S:
                 await self._hear_first()
@@ -217,12 +212,16 @@ class ConsensusService:
                 item = await self._recv.receive()
             if waited.cancelled_caught:
                 return
-            if isinstance(item, bytes):
-                await self._apply(self.replica.receive(item))
-                await self._drain_queued()
-            if self._pending:
-                self._pending = False
-                await self._apply(self.replica.notify_pending())
+            await self._handle(item)
+
+    async def _handle(self, item: bytes | _Wake | None) -> None:
+        """One input (and what else is queued behind it), then pending mempool work."""
+        if isinstance(item, bytes):
+            await self._apply(self.replica.receive(item))
+            await self._drain_queued()
+        if self._pending:
+            self._pending = False
+            await self._apply(self.replica.notify_pending())
 
     async def _drain_queued(self) -> None:
         """Handle what else is already queued (up to a bound) before yielding.
